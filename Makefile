@@ -8,6 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 # tests never touch a user's caches or tracking store
 export FACELAB_ARTIFACTS ?= $(abspath .facelab-test/artifacts)
+export FACELAB_RUNS ?= $(abspath .facelab-test/runs)
 
 .PHONY: help setup cpp sync-check nbtest pytest ctest test bench demo docs lab clean
 
