@@ -171,7 +171,9 @@ def fit_spotter(model:SpottingNet,
                 names:Sequence[str]|None=None, # feature names, for mirroring; default `feature_names()` when the width matches
                 mirror:bool=True, # augment: mirror the face (swap left/right ROIs, negate dx)
                 noise:float=0.1, # augment: Gaussian noise, in units of each feature's std
-                seed:int=0, progress:bool=True) -> list[float]:
+                seed:int=0, progress:bool=True,
+                callback=None, # called as `callback(step, model)` after every optimizer step (e.g. to record a validation loss); train mode is restored after it
+               ) -> list[float]:
     "Train on random windows of the training videos (AdamW, one-cycle, BCE); returns the loss per step."
     from fastprogress.fastprogress import progress_bar
     if len(feats) != len(events) or not feats: raise ValueError("fit_spotter: need one event list per feature array")
@@ -206,6 +208,7 @@ def fit_spotter(model:SpottingNet,
         loss = F.binary_cross_entropy_with_logits(model(xb), yb, pos_weight=pos_weight)
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         losses.append(loss.item())
+        if callback is not None: callback(len(losses), model); model.train()
     model.eval()
     return losses
 
