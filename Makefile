@@ -48,8 +48,8 @@ test: setup cpp sync-check nbtest pytest ctest  ## everything CI runs
 bench: setup cpp  ## run benchmarks and write benchmarks/RESULTS.md
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
 
-demo: setup  ## the main end-to-end job that exists so far
-	$(BIN)/facelab info
+demo: setup  ## end to end on FaceSynth: train macro (papermill), export ONNX + int8, predict with onnxruntime -> demo/
+	$(BIN)/facelab demo --out demo
 
 docs: setup  ## render the docs site with Quarto (prints how to install it when missing)
 	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; \

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = {
     'index':   'facelab.data.cli',
     'train':   'facelab.runs',
     'export':  'facelab.export',
+    'predict': 'facelab.predict',
 }
 
 # %% ../nbs/49_cli.ipynb #0e09d844
