@@ -16,8 +16,9 @@ from .export import (read_metadata, set_metadata, atomic_save, facesynth_inputs,
                             _normalise, IMAGENET_MEAN, IMAGENET_STD)
 
 # %% auto #0
-__all__ = ['INT8_MODELS', 'facesynth_calibration', 'quantize_int8', 'onnx_predict', 'facesynth_labelled', 'task_score',
-           'ort_latency', 'train_briefly', 'int8_experiment']
+__all__ = ['INT8_MODELS', 'facesynth_calibration', 'prelu_as_max', 'quantize_int8', 'onnx_predict', 'facesynth_labelled',
+           'task_score', 'chance_score', 'ort_latency', 'compare_latency', 'xavier_fusion', 'train_briefly',
+           'int8_experiment']
 
 # %% ../nbs/41_export_quant.ipynb #159e7bc4
 def facesynth_calibration(meta:Mapping|str|Path, # metadata dict of the fp32 model, or its path
@@ -41,13 +42,42 @@ def _reader(name:str, arrays:Sequence[np.ndarray]):
         def rewind(self): self.i = 0
     return _Calibration()
 
+def prelu_as_max(proto:onnx.ModelProto) -> list[str]:
+    "Rewrite, in place, each PRelu whose slope is an initializer with all values <= 1 as `Max(x, slope*x)`; returns the new Mul nodes' names."
+    from onnx import numpy_helper
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes, muls = [], []
+    for n in proto.graph.node:
+        s = inits.get(n.input[1]) if n.op_type == 'PRelu' else None
+        # slope <= 1: x >= slope*x exactly when x >= 0, so the max picks x there and slope*x elsewhere, as PRelu does
+        if s is None or numpy_helper.to_array(s).max() > 1: nodes.append(n); continue
+        name = n.name or n.output[0]
+        sx = f'{n.output[0]}__slope_x'
+        nodes += [onnx.helper.make_node('Mul', [n.input[0], n.input[1]], [sx], name=f'{name}__mul'),
+                  onnx.helper.make_node('Max', [n.input[0], sx], [n.output[0]], name=f'{name}__max')]
+        muls.append(f'{name}__mul')
+    del proto.graph.node[:]; proto.graph.node.extend(nodes)
+    return muls
+
+def _fp32_nodes(proto:onnx.ModelProto, attention:bool, keep:Sequence[str]) -> list[str]:
+    "Names of nodes to leave in fp32: MatMuls of two activations (when `attention`) and the nodes in `keep`."
+    inits = {t.name for t in proto.graph.initializer}
+    consts = {o for n in proto.graph.node if n.op_type == 'Constant' for o in n.output}
+    act_mm = [n.name for n in proto.graph.node
+              if attention and n.op_type == 'MatMul' and not any(i in inits or i in consts for i in n.input)]
+    present = {n.name for n in proto.graph.node}
+    return act_mm + [k for k in keep if k in present]
+
 def quantize_int8(src, # fp32 ONNX exported by `facelab.export.to_onnx`
                   out, # int8 destination
                   calibration:Sequence[np.ndarray], # input arrays (batch 1) for the activation ranges
                   per_channel:bool=True,
+                  fp32_attention:bool=True, # keep Softmax and activation x activation MatMuls in fp32
+                  prelu_max:bool=True, # rewrite PRelu as Max(x, slope*x) first (exact; the slope product stays fp32)
                  ) -> Path:
     "Static int8 (QDQ) quantisation with onnxruntime, metadata preserved; checked and written atomically."
     from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationMethod
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
     src, out = Path(src), Path(out)
     if not src.exists(): raise FileNotFoundError(f"no such ONNX file: {src}")
@@ -55,14 +85,21 @@ def quantize_int8(src, # fp32 ONNX exported by `facelab.export.to_onnx`
     if 'input_name' not in meta: raise ValueError(f"{src}: no facelab metadata (export it with facelab.export.to_onnx)")
     if not len(calibration): raise ValueError(f"{src}: quantize_int8 needs calibration inputs")
     with tempfile.TemporaryDirectory() as d:
-        pre, q = Path(d)/'pre.onnx', Path(d)/'q.onnx'
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        fp, pre, q = Path(d)/'fp32.onnx', Path(d)/'pre.onnx', Path(d)/'q.onnx'
+        proto = onnx.load(str(src))
+        muls = prelu_as_max(proto) if prelu_max else []
+        onnx.save(proto, str(fp)); del proto
+        quant_pre_process(str(fp), str(pre), skip_symbolic_shape=True)
+        ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - ({'Softmax'} if fp32_attention else set()))
         quantize_static(str(pre), str(q), _reader(meta['input_name'], calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,
+                        nodes_to_exclude=_fp32_nodes(onnx.load(str(pre)), fp32_attention, muls))
         proto = onnx.load(str(q))
+        fp32_ops = (['Softmax', 'MatMul of two activations'] if fp32_attention else []) + (['PRelu slope product'] if muls else [])
         set_metadata(proto, {**meta, 'quantization': 'int8-static-qdq', 'int8_calibration_inputs': len(calibration),
+                             'int8_fp32_ops': fp32_ops, 'int8_prelu_as_max': len(muls),
                              'fp32_sha256': file_sha256(src)})
         onnx.checker.check_model(proto, full_check=True)
         atomic_save(proto, out)
@@ -83,18 +120,24 @@ def facesynth_labelled(task:str, # 'macro' (7 emotions) or 'au' (17 deploy AUs)
                        n:int, size:int, seed:int=0,
                        mean:Sequence[float]=IMAGENET_MEAN, std:Sequence[float]=IMAGENET_STD,
                        au_threshold:float=1.0, # FACS intensity from which an AU counts as present
+                       align:bool=True, # RAF-DB-style aligned crop (5 landmarks to a template, 100 px), then resized to `size`
+                       render:int=112, # side of the rendered image (at least `size`)
                       ) -> tuple[np.ndarray, np.ndarray]:
-    "A labelled FaceSynth set: X (n,3,size,size) normalised; y class ids (macro) or AU presence (n,17) (au)."
+    "A labelled FaceSynth set, a new identity per face: X (n,3,size,size) normalised; y class ids (macro) or AU presence (n,17) (au)."
+    import cv2
     from facelab.synth.face import sample_identity, sample_appearance, render_face, expression_aus
+    from facelab.synth.write_images import align_face
     if task not in ('macro', 'au'): raise ValueError(f"facesynth_labelled makes macro or au sets, not {task!r}")
     rng = np.random.default_rng(seed)
     X, y = np.empty((n, 3, size, size), np.float32), []
     for i in range(n):
         emo = str(EMOTION7[i % len(EMOTION7)])
         aus = expression_aus(emo, float(rng.uniform(0.5, 1.0)), rng)
-        face = render_face(sample_identity(rng), aus, tuple(rng.uniform(-10, 10, 3)), size=size,
+        face = render_face(sample_identity(rng), aus, tuple(rng.uniform(-10, 10, 3)), size=max(render, size),
                            appearance=sample_appearance(rng), seed=seed * 100_000 + i)
-        X[i] = _normalise(face.image, mean, std).numpy()
+        img = align_face(face.image, face.landmarks) if align else face.image
+        if img.shape[0] != size: img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        X[i] = _normalise(img, mean, std).numpy()
         y.append(i % len(EMOTION7) if task == 'macro' else [float(aus.get(a, 0.) >= au_threshold) for a in DEPLOY_AUS])
     return X, np.asarray(y, np.int64 if task == 'macro' else np.float32)
 
@@ -104,6 +147,15 @@ def task_score(task:str, outputs:Sequence[np.ndarray], y:np.ndarray) -> float:
     if task == 'macro': return 100 * accuracy(y, outputs[0].argmax(1))
     keep = y.sum(0) > 0
     return 100 * float(np.mean(au_f1(y[:, keep], outputs[0][:, keep])))
+
+def chance_score(task:str, y:np.ndarray) -> float:
+    "The score of a predictor that ignores the face: 100/7 (macro, balanced classes) or mean F1 of 'every AU present' (au)."
+    if task == 'macro': return 100 / len(EMOTION7)
+    p = y[:, y.sum(0) > 0].mean(0)
+    return 100 * float(np.mean(2 * p / (1 + p)))
+
+def _stats(t:Sequence[float]) -> dict:
+    return {'p50_ms': statistics.median(t), 'p90_ms': statistics.quantiles(t, n=10)[-1], 'runs': len(t)}
 
 def ort_latency(model, # ONNX path
                 x:np.ndarray, # one input (batch 1)
@@ -115,49 +167,91 @@ def ort_latency(model, # ONNX path
     t = []
     for _ in range(runs):
         t0 = time.perf_counter(); sess.run(None, feed); t.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(t, n=10)
-    return {'p50_ms': statistics.median(t), 'p90_ms': q[-1], 'runs': runs}
+    return _stats(t)
+
+def compare_latency(models:Mapping[str, str|Path], # label -> ONNX path
+                    x:np.ndarray, # one input (batch 1), fed to every model
+                    warmup:int=5, runs:int=30, threads:int|None=1) -> dict:
+    "`ort_latency` of several models with their runs interleaved (a, b, a, b, ...); label -> P50 / P90 ms."
+    # on a shared machine the load drifts over a measurement: interleaving gives every model the same conditions,
+    # so their ratio is fair even when the absolute numbers move
+    sess = {k: onnx_session(p, threads=threads) for k, p in models.items()}
+    feeds = {k: {s.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)} for k, s in sess.items()}
+    for _ in range(warmup):
+        for k, s in sess.items(): s.run(None, feeds[k])
+    t = {k: [] for k in sess}
+    for _ in range(runs):
+        for k, s in sess.items():
+            t0 = time.perf_counter(); s.run(None, feeds[k]); t[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: _stats(v) for k, v in t.items()}
 
 # %% ../nbs/41_export_quant.ipynb #8792aab6
-#: tiny configs for the int8 accuracy check: (registered name, builder kwargs, input size)
-INT8_MODELS = {'macro': ('poster_v2_tiny', dict(img_size=224, inner_size=56), 224),
-               'au': ('opengraphau_tiny', dict(img_size=112, input_size=128), 128)}
+#: tiny models for the int8 accuracy check: (registered name, builder kwargs, input size, `train_briefly` kwargs)
+INT8_MODELS = {
+    'macro': ('poster_v2_tiny', {}, 48, dict(epochs=10, lr=1e-3, wd=0.05)),
+    'au': ('opengraphau_tiny', dict(img_size=48, input_size=56, backbone_kwargs={'output_stride': 8}), 56,
+           dict(epochs=20, lr=3e-3, wd=1e-4)),
+}
 
-def train_briefly(model, task:str, X:np.ndarray, y:np.ndarray, epochs:int=12, bs:int=16, lr:float=3e-4, seed:int=0):
-    "Adam on in-memory tensors: cross-entropy on logits (macro) or BCE on `au_prob` (au). Returns the model in eval mode."
-    import torch, torch.nn.functional as F
-    from fastprogress.fastprogress import progress_bar
+def xavier_fusion(model):
+    "Xavier-uniform weights and zero biases for the Linear layers of POSTER++'s fusion ViT and head (training from scratch)."
+    import torch.nn as nn
+    for m in [*model.fusion.modules(), *model.head.modules()]:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None: nn.init.zeros_(m.bias)
+    return model
+
+def train_briefly(model, task:str, X:np.ndarray, y:np.ndarray,
+                  epochs:int=10, bs:int=16, lr:float=1e-3, wd:float=0.05,
+                  warmup:float=0.1, # share of the steps with a linear learning-rate warm-up; cosine decay after it
+                  flip:bool=True, # mirror a random half of each batch
+                  seed:int=0):
+    "AdamW on in-memory tensors: cross-entropy on logits (macro) or BCE on `au_prob` (au). Returns the model in eval mode."
+    import math, torch, torch.nn.functional as F
     g = torch.Generator().manual_seed(seed)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr)
+    ps = [p for p in model.parameters() if p.requires_grad]
+    # weight decay on weight matrices and kernels only, not on biases, norms, PReLU slopes or scales
+    opt = torch.optim.AdamW([{'params': [p for p in ps if p.ndim > 1], 'weight_decay': wd},
+                             {'params': [p for p in ps if p.ndim <= 1], 'weight_decay': 0.}], lr)
+    steps = epochs * (len(Xt) // bs); w = max(1, int(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / w if s < w else 0.5 * (1 + math.cos(math.pi * (s - w) / max(1, steps - w))))
     model.train()
-    for _ in progress_bar(range(epochs), display=False):
+    for _ in range(epochs):
         perm = torch.randperm(len(Xt), generator=g)
         for i in range(0, len(Xt) - bs + 1, bs):
-            idx = perm[i:i + bs]; out = model(Xt[idx])
+            idx = perm[i:i + bs]; xb = Xt[idx]
+            if flip: xb = torch.where((torch.rand(len(xb), generator=g) < 0.5)[:, None, None, None], xb.flip(-1), xb)
+            out = model(xb)
             loss = (F.cross_entropy(out, yt[idx]) if task == 'macro'
                     else F.binary_cross_entropy(out[0].clamp(1e-4, 1 - 1e-4), yt[idx]))
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return model.eval()
 
-def int8_experiment(task:str, out_dir, n_train:int=448, n_test:int=210, n_calib:int=32, epochs:int=12, seed:int=0) -> dict:
-    "Train a tiny `task` model on FaceSynth, export fp32 and int8, and score both on held-out FaceSynth faces."
+def int8_experiment(task:str, out_dir, n_train:int=700, n_test:int=700, n_calib:int=32, seed:int=0, **train_kw) -> dict:
+    "Train a tiny `task` model on FaceSynth, export fp32 and int8, and score both on the same held-out FaceSynth faces."
     import torch
     from facelab.models import create_model
     from facelab.export import to_onnx
-    name, kw, size = INT8_MODELS[task]
+    name, kw, size, tkw = INT8_MODELS[task]
+    # three seeds, three disjoint sets of identities: training, calibration, test
     X, y = facesynth_labelled(task, n_train, size, seed=seed)
+    Xc, _ = facesynth_labelled(task, n_calib, size, seed=seed + 2)
     Xt, yt = facesynth_labelled(task, n_test, size, seed=seed + 1)
     torch.manual_seed(seed)
+    model = create_model(name, **kw)
+    if task == 'macro': model = xavier_fusion(model)
     t0 = time.time()
-    model = train_briefly(create_model(name, **kw), task, X, y, epochs=epochs, seed=seed)
+    model = train_briefly(model, task, X, y, seed=seed, **{**tkw, **train_kw})
     train_s = time.time() - t0
     out_dir = Path(out_dir)
     r = to_onnx(model, task, out_dir/f'{task}_trained.onnx', input_shape=(1, 3, size, size))
-    q = quantize_int8(r.path, out_dir/f'{task}_trained.int8.onnx', facesynth_calibration(r.metadata, n=n_calib, seed=seed + 1000))
+    q = quantize_int8(r.path, out_dir/f'{task}_trained.int8.onnx', list(Xc[:, None]))
     fp32, int8 = task_score(task, onnx_predict(r.path, Xt), yt), task_score(task, onnx_predict(q, Xt), yt)
-    with torch.no_grad(): o = model(torch.from_numpy(X[:128]))
-    fit = task_score(task, [t.numpy() for t in (o if isinstance(o, tuple) else (o,))], y[:128])   # on training faces
+    with torch.no_grad(): o = model(torch.from_numpy(X[:256]))
+    fit = task_score(task, [t.numpy() for t in (o if isinstance(o, tuple) else (o,))], y[:256])   # on training faces
     return {'task': task, 'model': name, 'input': size, 'metric': 'accuracy %' if task == 'macro' else 'mean F1 %',
-            'fp32': fp32, 'int8': int8, 'delta': int8 - fp32, 'train_fit': fit,
-            'chance': 100 / 7 if task == 'macro' else float('nan'), 'train_s': train_s, 'n_train': n_train, 'n_test': n_test}
+            'fp32': fp32, 'int8': int8, 'delta': int8 - fp32, 'train_fit': fit, 'chance': chance_score(task, yt),
+            'train_s': train_s, 'epochs': {**tkw, **train_kw}['epochs'], 'n_train': n_train, 'n_test': n_test, 'n_calib': n_calib}
