@@ -16,7 +16,7 @@ from .export_quant import quantize_int8, facesynth_calibration
 
 # %% auto #0
 __all__ = ['ENSEMBLE_TASKS', 'MODEL_TASKS', 'INT8_TASKS', 'FoldEnsemble', 'export_ensemble', 'task_of', 'load_for_task',
-           'export_checkpoint', 'add_cli']
+           'deploy_shape', 'export_checkpoint', 'add_cli']
 
 # %% ../nbs/42_export_cli.ipynb #fa851d4f
 class FoldEnsemble(nn.Module):
@@ -65,6 +65,12 @@ def load_for_task(path, task:str) -> nn.Module:
         raise ValueError(f"{path}: checkpoint holds model {name!r} for task {'/'.join(sorted(found))!r}, not a {task!r} model")
     return deploy_module(model, task)
 
+def deploy_shape(meta:Mapping, task:str) -> tuple|None:
+    "The batch-1 input shape a model file's meta records: `input_shape`, or `input_size` for the image tasks."
+    if meta.get('input_shape'): return tuple(int(s) for s in meta['input_shape'])
+    if meta.get('input_size') and task in ('macro', 'au'): return (1, 3, int(meta['input_size']), int(meta['input_size']))
+    return None
+
 def export_checkpoint(task:str, checkpoints:Sequence, out, int8:bool=False,
                       calibration:Sequence|None=None, # int8 calibration arrays; default: FaceSynth (`facesynth_calibration`)
                       input_shape=None, **kw) -> dict:
@@ -79,9 +85,15 @@ def export_checkpoint(task:str, checkpoints:Sequence, out, int8:bool=False,
     models = [load_for_task(p, task) for p in checkpoints]
     metas = [getattr(m, 'facelab_meta', {}) or {} for m in models]
     meta = metas[0]
-    opts = dict(run_id=str(meta.get('run_id', '')), checkpoint=checkpoints[0], input_shape=input_shape or meta.get('input_shape'))
+    opts = dict(run_id=str(meta.get('run_id', '')), checkpoint=checkpoints[0], input_shape=input_shape or deploy_shape(meta, task))
     for k in ('class_names', 'mean', 'std', 'color_order'):
         if k in meta: opts[k] = meta[k]
+    # the training notebooks name the outputs 'classes' (macro) or 'aus' (au); per-AU thresholds chosen on the
+    # validation subjects travel with the graph so every runtime applies the same ones
+    names = meta.get('class_names') or meta.get('classes') or meta.get('aus')
+    if names: opts['class_names'] = list(names)
+    if meta.get('thresholds') is not None:
+        opts['extra_metadata'] = {**dict(opts.get('extra_metadata') or {}), 'thresholds': list(meta['thresholds'])}
     opts.update(kw)
     if len(models) > 1:
         opts['extra_metadata'] = {**dict(opts.get('extra_metadata') or {}),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_export_quant.ipynb #faea00ca
 from __future__ import annotations
-import statistics, tempfile, time
+import logging, statistics, tempfile, time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -91,11 +91,16 @@ def quantize_int8(src, # fp32 ONNX exported by `facelab.export.to_onnx`
         onnx.save(proto, str(fp)); del proto
         quant_pre_process(str(fp), str(pre), skip_symbolic_shape=True)
         ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - ({'Softmax'} if fp32_attention else set()))
-        quantize_static(str(pre), str(q), _reader(meta['input_name'], calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,
-                        nodes_to_exclude=_fp32_nodes(onnx.load(str(pre)), fp32_attention, muls))
+        # onnxruntime logs one root-logger warning per 1-D weight ('Axis 1 is out-of-range'): per-channel
+        # quantisation of LayerNorm scales falls back to per-tensor, which is what we want; keep the output readable
+        root_log = logging.getLogger(); level = root_log.level; root_log.setLevel(logging.ERROR)
+        try:
+            quantize_static(str(pre), str(q), _reader(meta['input_name'], calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,
+                            nodes_to_exclude=_fp32_nodes(onnx.load(str(pre)), fp32_attention, muls))
+        finally: root_log.setLevel(level)
         proto = onnx.load(str(q))
         fp32_ops = (['Softmax', 'MatMul of two activations'] if fp32_attention else []) + (['PRelu slope product'] if muls else [])
         set_metadata(proto, {**meta, 'quantization': 'int8-static-qdq', 'int8_calibration_inputs': len(calibration),
