@@ -14,7 +14,7 @@ import facelab
 # %% auto #0
 __all__ = ['TASK_NOTEBOOKS', 'MICRO_DATASETS', 'MICRO_CONFIG', 'REPORT_NOTEBOOKS', 'nbs_dir', 'runs_root', 'new_run_id',
            'is_finished', 'run_notebook', 'train_folds', 'micro_index', 'loso_split', 'collect_study', 'run_report',
-           'add_cli']
+           'facesynth_backbone', 'micro_pretrain', 'add_cli']
 
 # %% ../nbs/34_runs.ipynb #7071e9fb
 TASK_NOTEBOOKS = {'micro': '30_train_micro.ipynb', 'macro': '31_train_macro.ipynb',
@@ -82,6 +82,12 @@ def train_folds(task:str, # usually 'micro'
         else: todo.append((f, d))
     if done: echo(f'{len(done)} fold(s) already finished, skipped: {sorted(done)}')
     failed = {}
+    if len(todo) > 1 and workers > 1:
+        # the first run against a new MLflow store migrates its schema: two workers doing it at once fail, so do it here
+        try:
+            from facelab.train.track import mlflow_experiment
+            mlflow_experiment(f'facelab-{task}')
+        except ImportError: pass
     if todo:
         with ProcessPoolExecutor(max_workers=max(1, workers)) as ex:
             futs = {ex.submit(_run_fold, task, f, dict(params or {}), d): f for f, d in todo}
@@ -102,16 +108,21 @@ MICRO_DATASETS = ('casme2', 'smic', 'samm')
 MICRO_CONFIG = 'micro_videomae_tiny.yaml'
 REPORT_NOTEBOOKS = {'micro': '35_train_micro_report.ipynb'}
 
+def _micro_config(config):
+    "A micro config as `Config`: a YAML file, a dict, or None for configs/micro_videomae_tiny.yaml."
+    from facelab.core import Config, load_config
+    from facelab.train.run import config_path
+    if config is None: config = config_path(MICRO_CONFIG)
+    return Config(dict(config)) if isinstance(config, Mapping) else load_config(config)
+
 def micro_index(data_root=None, # folder holding casme2/, smic/, samm/; None: FaceSynth from the config's data.synth
                 config=None, # YAML file or dict; None: configs/micro_videomae_tiny.yaml
                 cache=None, # FaceSynth cache folder (None: artifacts_root()/cache/facesynth)
                ):
     "`(index, root, synthetic)`: the MEGC2019 composite index (LOSO folds in `fold`) that a micro run trains on."
-    from facelab.core import Config, load_config
-    from facelab.train.run import resolve_data_root, config_path
+    from facelab.train.run import resolve_data_root
     from facelab.data.index import build_index
-    if config is None: config = config_path(MICRO_CONFIG)
-    cfg = Config(dict(config)) if isinstance(config, Mapping) else load_config(config)
+    cfg = _micro_config(config)
     synth = dict((cfg.get('data') or {}).get('synth') or {})
     root, synthetic = resolve_data_root(data_root, MICRO_DATASETS, cache=cache, **synth)
     df, _ = build_index('composite', root, progress=False)
@@ -168,6 +179,51 @@ def run_report(task:str, # a key of REPORT_NOTEBOOKS
                         'out_dir': str(out)}, kernel_name='python3', progress_bar=False, cwd=str(nb.parent))
     return out
 
+# %% ../nbs/34_runs.ipynb #309b072b
+def facesynth_backbone(cache=None, # folder of stage-1 checkpoints (None: artifacts_root()/cache/pretrain)
+                       **kw, # `facesynth_pretrain` arguments, e.g. subjects=60, epochs=12, seed=100, clip_residual=True
+                      ) -> tuple[Path, dict]:
+    "`(weights, summary)` of a stage-1 `facesynth_pretrain` run: trained once per set of arguments, then read from the cache."
+    import hashlib, torch
+    from facelab.core import artifacts_root
+    from facelab.evaluate import to_jsonable
+    from facelab.models.videomae import facesynth_pretrain
+    from facelab.train.run import _lock
+    cache = Path(cache) if cache else artifacts_root()/'cache'/'pretrain'
+    args = json.loads(json.dumps(to_jsonable(dict(kw)), sort_keys=True))    # tuples -> lists: one key per set of values
+    key = hashlib.sha1(json.dumps({'fn': 'facesynth_pretrain', 'args': args, 'facelab': facelab.__version__},
+                                  sort_keys=True).encode()).hexdigest()[:10]
+    d = cache/f"{args.get('name', 'videomae_tiny')}-{key}"
+    def read(): return d/'weights.pt', json.loads((d/'info.json').read_text())
+    if (d/'info.json').exists(): return read()
+    with _lock(cache/f'.{d.name}.lock'):
+        if (d/'info.json').exists(): return read()      # another fold process trained it while we waited
+        t0, n = time.time(), torch.get_num_threads()
+        torch.set_num_threads(1)
+        try: sd, info = facesynth_pretrain(**kw)
+        finally: torch.set_num_threads(n)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(sd, d/'weights.pt.tmp'); os.replace(d/'weights.pt.tmp', d/'weights.pt')
+        info = {**info, 'args': args, 'key': key, 'facelab': facelab.__version__, 'seconds': round(time.time() - t0, 1)}
+        (d/'info.json').write_text(json.dumps(to_jsonable(info), indent=1))   # written last: marks a complete entry
+    return read()
+
+def micro_pretrain(config=None, # YAML file or dict; None: configs/micro_videomae_tiny.yaml
+                   cache=None, # stage-1 cache folder (None: artifacts_root()/cache/pretrain)
+                  ) -> tuple[Path, dict]|None:
+    "The stage-1 `(weights, summary)` a micro config asks for in `model.pretrain.facesynth`, or None when it asks for none."
+    cfg = _micro_config(config)
+    spec = (cfg.get('model') or {}).get('pretrain') or {}
+    if not spec: return None
+    if set(spec) != {'facesynth'}: raise ValueError(f"model.pretrain: only 'facesynth' is known, got {sorted(spec)}")
+    if (cfg.get('model') or {}).get('weights'):
+        raise ValueError("model.weights and model.pretrain both set: a model starts from one of them")
+    kw = spec['facesynth'] or {}
+    kw = kw.to_dict() if hasattr(kw, 'to_dict') else dict(kw)
+    # the stage-1 model is the micro model's architecture unless the config says otherwise
+    return facesynth_backbone(cache, **{'name': cfg.model.name, **kw})
+
+
 # %% ../nbs/34_runs.ipynb #ec69803a
 def _parse_folds(s:str, n_folds:int|None) -> list[int]:
     if s == 'all':
@@ -205,6 +261,10 @@ def _cli_train(args) -> int:
             n_folds = int(df.subject.nunique())
             print(f'{data}: {len(df)} samples of {n_folds} subjects -> {n_folds} LOSO folds', flush=True)
         folds = _parse_folds(args.folds, n_folds)
+        # stage-1 weights too are made here, once, before the workers start (each fold would otherwise wait on the lock)
+        pre = micro_pretrain(params.get('config'), Path(params['cache_dir'])/'pretrain' if params.get('cache_dir') else None)
+        if pre: print(f"stage 1: {pre[0].parent.name}, {pre[1]['clips']} FaceSynth macro clips of {len(pre[1]['subjects'])} "
+                      f"people of their own (held-out accuracy {pre[1]['heldout_accuracy']})", flush=True)
         study = root/(args.study or 'loso')
         print(f'micro LOSO: {len(folds)} fold(s), {args.workers} worker(s) -> {study}', flush=True)
         s = train_folds('micro', folds, study, params, workers=args.workers)

@@ -1,11 +1,15 @@
 """Micro-expression LOSO on FaceSynth, headless: the whole study through `facelab train micro --folds all`, the
-pooled MEGC2019 score, `papermill ... -p fold 3` exactly as a user types it, and leakage checks that would fail if a
-test subject's clip reached training, validation or model selection.
+pooled MEGC2019 score (issue 8: UF1 >= 0.6 with LOSO over 6 subjects), `papermill ... -p fold 3` exactly as a user
+types it, leakage checks that would fail if a test subject's clip reached training, validation or model selection,
+and a check that the stage-1 pre-training people (FaceSynth macro-expression clips) are none of the dataset people.
 
-The FaceSynth datasets and decoded clips live in the usual artifacts cache (written once, shared with nbdev-test);
-runs and MLflow go to a temporary folder.
+The FaceSynth datasets, decoded clips and the stage-1 checkpoint live in the usual artifacts cache (written once,
+shared with nbdev-test); runs and MLflow go to a temporary folder.
 """
-import json, os, subprocess, sys
+import hashlib, json, os, subprocess, sys
+from dataclasses import fields
+from types import SimpleNamespace
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ def study(tmp_path_factory):
                        cwd=ROOT, env=env_for(tmp), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert '6 LOSO folds' in r.stdout, r.stdout      # --folds all counted the subjects of the data
+    assert 'stage 1: videomae_tiny-' in r.stdout, r.stdout   # the stage-1 backbone was made (or found) before the workers
     return tmp/'out'/'loso'
 
 
@@ -45,18 +50,75 @@ def test_loso_study_learns(study):
     assert sorted(metrics) == list(range(6)) and pooled.subject.nunique() == 6       # one fold per subject, all present
     s = megc_scores(pooled, 3, by='dataset')
     assert set(s['by_dataset']) == {'casme2', 'smic', 'samm'}
-    assert s['uf1'] >= 0.5, s                     # pooled over all folds (MEGC2019); chance is ~1/3; measured 0.594
+    print(f"\npooled over {s['n']} clips of 6 LOSO folds: UF1 {s['uf1']:.3f}, UAR {s['uar']:.3f};",
+          {k: round(v['uf1'], 3) for k, v in s['by_dataset'].items()})
+    # issue 8: pooled over all folds (MEGC2019), chance ~1/3. Measured 0.684 (UAR 0.723); the previous config (no
+    # stage 1, flips only) pooled 0.594 here. On FaceSynth draws of other people (data seeds 1-3), where the recipe was
+    # compared, it pooled 0.49-0.76 (mean 0.64) over three stage-1 seeds, the previous config 0.29-0.44
+    assert s['uf1'] >= 0.6, s
     for d in ('probabilities', 'y_true', 'y_pred', 'sample_id', 'subject', 'dataset'): assert d in pooled
     p = np.stack(pooled.probabilities.to_numpy())
     assert np.allclose(p.sum(1), 1, atol=1e-5) and (p.argmax(1) == pooled.y_pred).all()
 
 
-@pytest.mark.xfail(reason="issue 8 target not reached yet: the default tiny config pools to UF1 0.594 on FaceSynth", strict=False)
-def test_loso_study_reaches_target(study):
-    from facelab.runs import collect_study
-    from facelab.evaluate import megc_scores
-    pooled, _ = collect_study(study)
-    assert megc_scores(pooled, 3)['uf1'] >= 0.6
+def _identities(module, fn, *args, **kw) -> list:
+    "The FaceSynth `Identity`s (people) that `fn(*args, **kw)` draws through `module.sample_identity`, in order."
+    seen, real = [], module.sample_identity
+    def record(*a, **k):
+        seen.append(real(*a, **k)); return seen[-1]
+    with mock.patch.object(module, 'sample_identity', record): fn(*args, **kw)
+    return seen
+
+
+def _tree_digest(root: Path) -> str:
+    "One hash of every file under `root` (relative path and bytes)."
+    h = hashlib.sha1()
+    for f in sorted(p for p in root.rglob('*') if p.is_file() and not p.name.startswith('.')):
+        h.update(str(f.relative_to(root)).encode()); h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_stage1_people_are_not_dataset_people(study, tmp_path):
+    """Stage 1 (the backbone every fold starts from) learned another task from other people: the FaceSynth identities
+    it drew are compared with those of every dataset subject of the study and of the report's held-out people."""
+    import yaml
+    import facelab.synth.face, facelab.synth.clipset, facelab.models.videomae as vm
+    from facelab.core import EMOTION7
+    from facelab.runs import MICRO_DATASETS, micro_index
+    from facelab.train.run import facesynth_root
+    folds = [json.loads((study/f'fold_{k:02d}'/'metrics.json').read_text()) for k in range(6)]
+    s1 = [m['init']['stage1'] for m in folds]
+    assert all(s == s1[0] for s in s1) and len({m['init']['weights'] for m in folds}) == 1   # one stage-1 run, shared
+    s1 = s1[0]
+    assert s1['classes'] == list(EMOTION7) and s1['clips'] == 60 * 7 * 2          # 7-class macro task, not MEGC3
+    cfg = yaml.safe_load((study/'fold_00'/'config.yaml').read_text())
+    # the dataset people, recorded while the writers write the study's FaceSynth data again (byte-identical to the
+    # data the folds trained on), and the people the report scores the fold ensemble on (seed 1000)
+    people, digest = {}, {}
+    for name, synth in (('study', cfg['data']['synth']), ('report', {**cfg['data']['synth'], 'seed': 1000})):
+        root = {}
+        people[name] = _identities(facelab.synth.face, lambda: root.setdefault(
+            'r', facesynth_root(MICRO_DATASETS, cache=tmp_path/name, **synth)))
+        digest[name] = _tree_digest(root['r'])
+    assert len(people['study']) == len(people['report']) == 6
+    assert digest['study'] == _tree_digest(micro_index(None, cfg)[1])
+    # the stage-1 people, recorded by running facesynth_pretrain with the runs' arguments, rendering and fitting
+    # stubbed (a person is drawn first from its own generator, so the stubs cannot change who is drawn)
+    face = SimpleNamespace(face_box=(0, 0, 8, 8))
+    def clip(identity, events, n, fps, size=96, **k):
+        return SimpleNamespace(frames=np.zeros((n, size, size, 3), np.uint8), au_intensity=np.zeros((n, 1), np.float32))
+    with mock.patch.object(facelab.synth.clipset, 'render_face', lambda *a, **k: face), \
+         mock.patch.object(facelab.synth.clipset, 'render_clip', clip), \
+         mock.patch.object(vm, 'fit_clip_classifier', lambda *a, **k: [0.0]):
+        info = {}
+        stage1 = _identities(facelab.synth.clipset, lambda: info.update(vm.facesynth_pretrain(**s1['args'])[1]))
+    assert info['subjects'] == s1['subjects'] and len(stage1) == 60 + 6      # 60 training + 6 held-out stage-1 people
+    # no stage-1 person is a dataset person: every numeric trait differs for every pair
+    vec = lambda idn: np.hstack([np.ravel(getattr(idn, f.name)) for f in fields(idn)]).astype(float)
+    A, B = np.stack([vec(i) for i in stage1]), np.stack([vec(i) for i in people['study'] + people['report']])
+    d = np.abs(A[:, None] - B[None]).max(-1)
+    assert d.min() > 1e-3, d.min()
+    assert not any(a == b for a in stage1 for b in people['study'] + people['report'])
 
 
 def test_no_leakage(study):
