@@ -1,12 +1,14 @@
 """Issue 8, action units: nbs/32_train_au.ipynb run headless (papermill) on FaceSynth BP4D (and BP4D + DISFA jointly).
 
-- the default run learns something that transfers to unseen subjects (per-AU ROC AUC on the test fold), and the
-  issue's target (mean F1 >= 0.6) is kept as a strict expected failure: the tiny config does not reach it yet;
+- the default run reaches the issue's target on unseen subjects: mean F1 >= 0.6 on test fold 0 (and a per-AU ROC AUC
+  well above chance);
+- stage 1 (FaceSynth AU pretraining) draws faces that are none of the FaceSynth BP4D / DISFA subjects;
 - no test-fold subject reaches train or validation (checked against the loaders' folds, recomputed here);
 - AUs a dataset does not label carry no loss, no gradient and no metric (the notebook's own loss and metric code);
 - the full-size config builds with the official parameter count.
 
-Runs use a private run folder and MLflow store but the shared FaceSynth cache.
+Runs use a private run folder and MLflow store but the shared FaceSynth cache (which also holds the stage-1 weights,
+so the joint run, and a rerun after `nbdev-test`, reuse them).
 """
 import json
 import math
@@ -84,9 +86,10 @@ def assert_no_leakage(split, index, fold):
 def test_default_run_learns(default_run):
     m, d = default_run['metrics'], default_run['dir']
     b = m['bp4d']
-    print({k: b[k] for k in ('mean_f1', 'mean_auc', 'all_present_f1')}, 'train', m['train_seconds'], 's')
-    assert b['mean_auc'] >= 0.56, b          # chance is 0.5
+    print({k: b[k] for k in ('mean_f1', 'mean_auc', 'all_present_f1')}, 'train', m['train_seconds'], 's', 'stage 1', m['pretrain'])
+    assert b['mean_auc'] >= 0.8, b           # chance is 0.5
     assert set(b['f1']) <= {au_name(a) for a in BP4D_AUS if a in DEPLOY_AUS} and len(b['f1']) >= 8, b['f1']
+    assert m['pretrain']['images'] == m['pretrain']['identities'] > 0
     for f in ('predictions.parquet', 'split.json', 'model.pt', 'metrics.json', 'learning_curve.png', 'f1_per_au.png',
               'pr_bp4d.png', 'history.csv', 'notebook.ipynb'):
         assert (d/f).exists(), f
@@ -97,9 +100,51 @@ def test_default_run_learns(default_run):
     assert model.au_names == COLS and model.facelab_meta['run_id'] == m['run_id']
 
 
-@pytest.mark.xfail(strict=True, reason='issue 8 target mean F1 >= 0.6 not reached by the tiny config on FaceSynth (~0.4)')
 def test_default_run_reaches_target_f1(default_run):
-    assert default_run['metrics']['mean_f1'] >= 0.6, default_run['metrics']['mean_f1']
+    "The issue's target: mean F1 >= 0.6 over the BP4D AUs on the held-out subjects of test fold 0."
+    m = default_run['metrics']
+    assert m['fold'] == 0 and m['datasets'] == ['bp4d'] and m['synthetic']
+    assert m['mean_f1'] >= 0.6, (m['mean_f1'], m['bp4d']['f1'])
+    assert m['mean_f1'] > m['bp4d']['all_present_f1'] + 0.15, m['bp4d']   # well above 'always present'
+
+
+def _notebook_cells(*tags) -> dict:
+    "Execute the notebook cells tagged `tags` (in notebook order) in one namespace and return it."
+    nb = nbformat.read(REPO/'nbs'/'32_train_au.ipynb', as_version=4)
+    ns = {}
+    exec('import json, time\nfrom pathlib import Path\nimport numpy as np, torch\n'
+         'from fastai.vision.all import Transform, TensorImage\nfrom fastai.learner import Metric\n'
+         'from facelab.core import DEPLOY_AUS\nfrom facelab.models.au_losses import AULoss, au_class_weights\n'
+         'from facelab.evaluate import au_f1\n', ns)
+    for t in tags:
+        cells = [c for c in nb.cells if t in c.metadata.get('tags', [])]
+        assert len(cells) == 1, t
+        exec(cells[0].source, ns)
+    return ns
+
+
+def test_pretrain_faces_are_not_dataset_subjects():
+    from facelab.synth.write_images import _rng, BP4D_SUBJECTS, DISFA_SUBJECTS
+    from facelab.synth.face import sample_identity
+    ns = _notebook_cells('au-helpers', 'au-pretrain')
+    cfg = load_config(REPO/'configs'/'au_opengraphau_tiny.yaml')
+    seed = cfg.data.synth.seed
+    # the notebook regenerates the writers' subjects exactly: same generator construction, same identities
+    for name, subjects in (('bp4d', BP4D_SUBJECTS), ('disfa', DISFA_SUBJECTS)):
+        ids = ns['dataset_identities'](name, seed)
+        assert len(ids) == len(subjects)
+        assert ids == [sample_identity(_rng(seed, f'{name}-subject', i)) for i in range(len(subjects))]
+    # every stage-1 face of the config differs from every BP4D and DISFA subject
+    pre = [ns['pretrain_identity'](cfg.pretrain.seed, i) for i in range(cfg.pretrain.identities)]
+    assert ns['check_pretrain_disjoint'](pre, ['bp4d', 'disfa'], seed) == len(BP4D_SUBJECTS) + len(DISFA_SUBJECTS)
+    assert len({ns['dataclasses'].astuple(p) for p in pre}) == len(pre)      # and they are all different faces
+    # the check catches a shared face
+    with pytest.raises(ValueError, match='subjects of'):
+        ns['check_pretrain_disjoint'](pre[:10] + [ns['dataset_identities']('bp4d', seed)[3]], ['bp4d'], seed)
+    # stage-1 labels keep BP4D's meaning: present = rendered at intensity >= 1 (A or more)
+    X, P, I = ns['facesynth_au_frames'](4, 2, 64, seed=cfg.pretrain.seed)
+    assert X.shape == (8, 3, 64, 64) and X.dtype == torch.uint8 and P.shape == I.shape == (8, len(DEPLOY_AUS))
+    assert torch.equal(P, (I >= 1).float()) and P.sum() > 0
 
 
 def test_no_test_subject_in_train_or_valid(default_run):
@@ -144,19 +189,8 @@ def test_joint_run_masks_unlabelled_aus(joint_run):
         for a, v in m[d]['f1'].items(): assert math.isclose(v, f[COLS.index(a)], abs_tol=1e-9), (d, a)
 
 
-def _notebook_helpers() -> dict:
-    "Execute the notebook's own loss / metric cell (tagged `au-helpers`) and return its namespace."
-    nb = nbformat.read(REPO/'nbs'/'32_train_au.ipynb', as_version=4)
-    cells = [c for c in nb.cells if 'au-helpers' in c.metadata.get('tags', [])]
-    assert len(cells) == 1
-    ns = {}
-    exec('import numpy as np, torch\nfrom fastai.vision.all import Transform, TensorImage\nfrom fastai.learner import Metric\n'
-         'from facelab.models.au_losses import AULoss\nfrom facelab.evaluate import au_f1\n' + cells[0].source, ns)
-    return ns
-
-
 def test_masked_aus_add_nothing_to_loss_or_metric():
-    ns = _notebook_helpers()
+    ns = _notebook_cells('au-helpers')
     torch.manual_seed(0)
     B, A = 8, len(DEPLOY_AUS)
     prob = torch.rand(B, A).clamp(.05, .95).requires_grad_(True); inten = (torch.rand(B, A) * 5).requires_grad_(True)
