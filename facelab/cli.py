@@ -21,6 +21,9 @@ SUBCOMMAND_MODULES = {
     'train':   'facelab.runs',
     'export':  'facelab.export',
     'predict': 'facelab.predict',
+    'face':    'facelab.face.cli',
+    'registry': 'facelab.registry',
+    'serve-config': 'facelab.serve_config',
 }
 
 # %% ../nbs/49_cli.ipynb #0e09d844
