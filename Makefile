@@ -10,7 +10,7 @@ export MPLBACKEND := Agg
 export FACELAB_ARTIFACTS ?= $(abspath .facelab-test/artifacts)
 export FACELAB_RUNS ?= $(abspath .facelab-test/runs)
 
-.PHONY: help setup cpp sync-check nbtest pytest ctest test bench demo docs lab clean
+.PHONY: help setup cpp-deps cpp sync-check nbtest pytest ctest test bench demo docs lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -24,7 +24,20 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv, install facelab[dev] editable, register the python3 kernel
 
-cpp: setup  ## build cpp/ (when it exists) against the onnxruntime in the venv or $$ONNXRUNTIME_ROOT
+# npm (the ONNX Runtime headers, fetched once into ~/.cache/facelab; not needed with ONNXRUNTIME_ROOT) is checked by cmake
+CPP_DEBS := libopencv-dev nlohmann-json3-dev libssl-dev
+CPP_TOOLS := cmake:cmake g++:g++
+
+cpp-deps:  ## install the C++ build's Debian packages when missing (as root), else say which to install
+	@missing=""; for p in $(CPP_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for t in $(CPP_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "cpp-deps: installing$$missing"; \
+	  (apt-get install -y --no-install-recommends $$missing || (apt-get update && apt-get install -y --no-install-recommends $$missing)); \
+	else echo "cpp-deps: missing Debian packages:$$missing; install them with: sudo apt-get install$$missing"; exit 1; fi
+
+cpp: setup cpp-deps  ## build cpp/ against the onnxruntime in the venv (headers: npm) or $$ONNXRUNTIME_ROOT
 	@if [ -f cpp/CMakeLists.txt ]; then \
 	  cmake -S cpp -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) && \
 	  cmake --build $(BUILD) -j2; \
@@ -39,7 +52,7 @@ nbtest: setup  ## run every notebook as a test (cells marked slow are skipped)
 pytest: setup  ## pytest tests/ (exit 5, "no tests collected", is not a failure)
 	$(BIN)/pytest -q tests/ ; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
-ctest: cpp  ## C++ tests
+ctest: cpp  ## C++ tests: golden outputs, FrameBuffer, reloads, stress (also under TSan and ASan builds)
 	@if [ -f $(BUILD)/CTestTestfile.cmake ]; then ctest --test-dir $(BUILD) --output-on-failure; \
 	else echo "ctest: no C++ build, skipping"; fi
 

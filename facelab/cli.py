@@ -4,14 +4,14 @@
 
 # %% ../nbs/49_cli.ipynb #49112619
 from __future__ import annotations
-import argparse, importlib, os, platform, shutil, sys
+import argparse, importlib, os, platform, shutil, sys, traceback, warnings
 from pathlib import Path
 
 import facelab
 from .core import data_root, artifacts_root, mlflow_uri, get_device
 
 # %% auto #0
-__all__ = ['SUBCOMMAND_MODULES', 'info', 'build_parser', 'main']
+__all__ = ['SUBCOMMAND_MODULES', 'info', 'build_parser', 'debug_enabled', 'error_message', 'main']
 
 # %% ../nbs/49_cli.ipynb #2dea3540
 #: subcommand -> module that defines `add_cli(subparsers)`; modules that do not exist yet are skipped.
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         description='facelab: train, evaluate, export and serve facial-affect models '
                     '(macro/micro expressions, action units, spotting). Run `facelab <command> --help` for details.')
     p.add_argument('--version', action='version', version=f'facelab {facelab.__version__}')
+    p.add_argument('--debug', action='store_true',
+                   help='show the full traceback of an error (also: env FACELAB_DEBUG=1)')
     sub = p.add_subparsers(dest='command', metavar='<command>')
     ip = sub.add_parser('info', help='show versions, device (bf16/AMX), data/artifact paths and external tools')
     ip.set_defaults(func=info)
@@ -71,16 +73,59 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_cli(sub)
     return p
 
+# %% ../nbs/49_cli.ipynb #faf36c45
+#: exceptions whose message is facelab's own sentence (the file and the problem); others get their type name in front
+_OWN_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError, NotADirectoryError, FileExistsError, PermissionError)
+
+def debug_enabled(args=None) -> bool:
+    "Whether to show tracebacks: `facelab --debug` or env FACELAB_DEBUG (1/true/yes)."
+    return bool(getattr(args, 'debug', False)) or os.environ.get('FACELAB_DEBUG', '').strip().lower() in ('1', 'true', 'yes')
+
+def _input_paths(args) -> list[str]:
+    "Values of the parsed arguments that are paths on disk, in order."
+    out = []
+    for k, v in (vars(args).items() if args is not None else ()):
+        if k in ('func', 'command', 'debug'): continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (str, Path)) and str(x) and str(x) not in out:
+                try:
+                    if os.path.lexists(str(x)): out.append(str(x))
+                except (OSError, ValueError): pass
+    return out
+
+def error_message(e:BaseException, args=None, max_len:int=2000) -> str:
+    "One line describing `e` for a user: the message, the file it concerns, and the type when it is not facelab's own."
+    text = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    own = type(e) in _OWN_ERRORS or type(e).__module__.split('.')[0] == 'facelab'
+    if isinstance(e, OSError) and getattr(e, 'filename', None) is not None:   # the file and the system's reason
+        text, own = f"{e.filename}: {e.strerror or text}" + (f" -> {e.filename2}" if getattr(e, 'filename2', None) else ''), True
+    if not own or not text: text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    paths = _input_paths(args)
+    if paths and not any(p in text or (Path(p).name and Path(p).name in text) for p in paths):
+        text += f" (input: {', '.join(paths)})"
+    if not own: text += '; run `facelab --debug ...` for the traceback'
+    line = ' | '.join(l.strip() for l in text.splitlines() if l.strip())
+    return line if len(line) <= max_len else line[:max_len - 3] + '...'
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    return f"facelab: warning: {' '.join(str(message).split())}\n"
+
 def main(argv=None) -> int:
-    "Entry point of the `facelab` console script."
+    "Entry point of the `facelab` console script: exit 0 on success, 2 with one error line, 130 on Ctrl-C."
     p = build_parser()
     args = p.parse_args(argv)
     if not getattr(args, 'func', None):
         p.print_help(); return 0
+    debug, fmt = debug_enabled(args), warnings.formatwarning
+    if not debug: warnings.formatwarning = _one_line_warning
     try:
         res = args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        # errors from facelab carry the file and the problem; show them without a traceback
-        print(f'facelab {args.command}: error: {e}', file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f'facelab {args.command}: interrupted', file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug: traceback.print_exc()
+        print(f'facelab {args.command}: error: {error_message(e, args)}', file=sys.stderr)
         return 2
+    finally: warnings.formatwarning = fmt
     return res if isinstance(res, int) else 0

@@ -16,6 +16,7 @@ from torch import nn
 
 import facelab
 from .core import EMOTION7, MEGC3, CASME5, AU_SPACE
+from .integrity import WEIGHTS_SHA256_KEY, state_dict_sha256, onnx_weights_sha256, verify_onnx_weights
 
 # %% auto #0
 __all__ = ['CONTRACTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'EXPORT_MODELS', 'OnnxContract', 'contract_for', 'OutputAdapter',
@@ -336,7 +337,7 @@ def to_onnx(model:nn.Module, # model in fp32
         worst = parity_check(model, tmp, parity_inputs, out_names, batch2=dynamic_batch)
     if not worst < parity_tol:
         raise RuntimeError(f"{task}: ONNX parity failed, max abs diff {worst:.3g} >= {parity_tol:g}; {out} not written")
-    meta.update(parity_max_abs=worst, parity_inputs=len(parity_inputs))
+    meta.update(parity_max_abs=worst, parity_inputs=len(parity_inputs), **{WEIGHTS_SHA256_KEY: onnx_weights_sha256(proto)})
     set_metadata(proto, meta)
     atomic_save(proto, out)
     return ExportResult(out, meta, worst, exporter, time.time() - t0)

@@ -14,6 +14,7 @@ import onnx
 from .core import EMOTION7, DEPLOY_AUS
 from .export import (read_metadata, set_metadata, atomic_save, facesynth_inputs, onnx_session, file_sha256,
                             _normalise, IMAGENET_MEAN, IMAGENET_STD)
+from .integrity import WEIGHTS_SHA256_KEY, onnx_weights_sha256, verify_onnx_weights
 
 # %% auto #0
 __all__ = ['INT8_MODELS', 'facesynth_calibration', 'prelu_as_max', 'quantize_int8', 'onnx_predict', 'facesynth_labelled',
@@ -84,6 +85,7 @@ def quantize_int8(src, # fp32 ONNX exported by `facelab.export.to_onnx`
     meta = read_metadata(src)
     if 'input_name' not in meta: raise ValueError(f"{src}: no facelab metadata (export it with facelab.export.to_onnx)")
     if not len(calibration): raise ValueError(f"{src}: quantize_int8 needs calibration inputs")
+    verify_onnx_weights(src)   # never quantise weights that changed since export
     with tempfile.TemporaryDirectory() as d:
         fp, pre, q = Path(d)/'fp32.onnx', Path(d)/'pre.onnx', Path(d)/'q.onnx'
         proto = onnx.load(str(src))
@@ -105,7 +107,7 @@ def quantize_int8(src, # fp32 ONNX exported by `facelab.export.to_onnx`
         fp32_ops = (['Softmax', 'MatMul of two activations'] if fp32_attention else []) + (['PRelu slope product'] if muls else [])
         set_metadata(proto, {**meta, 'quantization': 'int8-static-qdq', 'int8_calibration_inputs': len(calibration),
                              'int8_fp32_ops': fp32_ops, 'int8_prelu_as_max': len(muls),
-                             'fp32_sha256': file_sha256(src)})
+                             'fp32_sha256': file_sha256(src), WEIGHTS_SHA256_KEY: onnx_weights_sha256(proto)})
         onnx.checker.check_model(proto, full_check=True)
         atomic_save(proto, out)
     return out

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from .export import read_metadata, onnx_session, _normalise
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'read_rgb', 'image_files', 'OnnxPredictor', 'add_cli', 'demo']
+__all__ = ['IMAGE_EXTS', 'read_rgb', 'image_files', 'OnnxPredictor', 'predict_faces', 'add_cli', 'demo']
 
 # %% ../nbs/50_predict.ipynb #b79e01ee
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -27,13 +27,13 @@ def read_rgb(path, # image file
     "An image file as (H, W, 3) uint8 RGB; a clear error naming the file when it is missing or not an image."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im = im.convert('RGB')
-            if size is not None and im.size != (size[1], size[0]): im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+    from facelab.data.io import decode_image, ImageDecodeError
+    # the one decoder every loader uses (16-bit, grey/RGBA/palette, EXIF orientation), so predictions see training's pixels
+    try: img = decode_image(path)
+    except ImageDecodeError as e: raise ValueError(f"{path}: not a readable image ({e})") from None
+    if size is not None and img.shape[:2] != tuple(size):
+        img = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
+    return img
 
 def image_files(paths:Sequence) -> list[Path]:
     "Image files among `paths`; a folder contributes its images (sorted), anything else that is not an image fails."
@@ -62,6 +62,7 @@ class OnnxPredictor:
         if check:
             try: onnx.checker.check_model(str(self.path))
             except Exception as e: raise ValueError(f"{self.path}: not a valid ONNX model ({e})") from None
+            from facelab.export import verify_onnx_weights; verify_onnx_weights(self.path)  # weights = their recorded sha256
         self.meta = read_metadata(self.path)
         self.task = self.meta.get('task')
         if self.task not in ('macro', 'au', 'micro'):
@@ -139,32 +140,138 @@ class OnnxPredictor:
         "`predict_clips` for micro models, `predict_images` otherwise."
         return self.predict_clips(inputs) if self.task == 'micro' else self.predict_images(inputs, **kw)
 
+# %% ../nbs/50_predict.ipynb #58db9e88
+def _face_template(p:OnnxPredictor):
+    "The model's alignment template (its metadata's `align_template`, else its task's) at its input size, in RGB."
+    import dataclasses
+    from facelab.face.align import get_template
+    return dataclasses.replace(get_template(p.meta.get('align_template') or p.task, size=p.hw[0]), grey=False)
+
+def _face_rows(p:OnnxPredictor, crops:list, info:list[dict], bs:int=32) -> pd.DataFrame:
+    outs = []
+    for s in range(0, len(crops), bs):
+        t = p._table(p._run(p.preprocess(np.stack(crops[s:s + bs]))), [d['input'] for d in info[s:s + bs]])
+        outs.append(pd.concat([pd.DataFrame(info[s:s + bs]), t.drop(columns='input')], axis=1))
+    return pd.concat(outs, ignore_index=True) if outs else pd.DataFrame(columns=['input', 'frame', 'time', 'track', 'x0', 'y0', 'x1', 'y1'])
+
+def predict_faces(p:OnnxPredictor, # the model
+                  path, # an image or a video file
+                  detector=None, # a `facelab.face.detect.FaceDetector` (default: dlib HOG with landmarks)
+                  detect_every:int=5, # videos: run the detector every N frames (landmarks are re-fitted in between)
+                  chunk:int=300, # videos: frames held in memory at once (macro, au)
+                 ) -> pd.DataFrame:
+    "Faces found in a full image or video, aligned as the model's training crops: one row per face per frame (micro: per track)."
+    from facelab.face.detect import FaceDetector
+    from facelab.face.align import align_matrix, warp
+    from facelab.face.video import VIDEO_EXTS, read_video, track_faces, track_clip, IoUTracker
+    det, t, path = detector or FaceDetector('hog'), _face_template(p), Path(path)
+    crop = lambda img, lm, box: warp(img, align_matrix(lm, t, box=box), t)
+    if path.suffix.lower() not in VIDEO_EXTS:
+        if p.task == 'micro': raise ValueError(f"{path}: a micro model reads videos or clip folders, not a single image")
+        img = read_rgb(path)
+        faces = det(img)
+        info = [{'input': str(path), 'frame': 0, 'time': 0.0, 'track': i, 'x0': f.box[0], 'y0': f.box[1], 'x1': f.box[2], 'y1': f.box[3]}
+                for i, f in enumerate(faces)]
+        return _face_rows(p, [crop(img, f.landmarks, f.box) for f in faces], info)
+    tr, frames, tables = IoUTracker(), read_video(path), []
+    if p.task == 'micro':
+        table, kept = track_faces(frames, det, detect_every, tracker=tr, keep_frames=True)
+        crops, info = [], []
+        for tid in table.track.unique():
+            clip, rows = track_clip(kept, table, int(tid), t, p.hw[0])
+            idx = np.round(np.linspace(0, len(clip) - 1, p.frames)).astype(int)
+            crops.append(clip[idx]); r0 = rows.iloc[0]
+            info.append({'input': str(path), 'frame': int(r0.frame), 'time': float(r0.time), 'track': int(tid),
+                         'x0': r0.x0, 'y0': r0.y0, 'x1': r0.x1, 'y1': r0.y1})
+        return _face_rows(p, crops, info, bs=1)
+    out, buf = [], []
+    def flush():
+        table, kept = track_faces(buf, det, detect_every, tracker=tr, keep_frames=False)
+        pos = {i: img for i, _, img in buf}
+        info = [{'input': str(path), **{k: r[k] for k in ('frame', 'time', 'track', 'x0', 'y0', 'x1', 'y1')}} for _, r in table.iterrows()]
+        out.append(_face_rows(p, [crop(pos[r.frame], r.landmarks, (r.x0, r.y0, r.x1, r.y1)) for _, r in table.iterrows()], info))
+    for item in frames:
+        buf.append(item)
+        if len(buf) == chunk - chunk % detect_every: flush(); buf = []
+    if buf: flush()
+    return pd.concat(out, ignore_index=True)
+
+
 # %% ../nbs/50_predict.ipynb #9b813f49
+def _expand(paths:Sequence, micro:bool) -> tuple[list[Path], list[tuple[str, str]]]:
+    "Files (and, for micro, clip folders) to predict, and the inputs skipped with their reason."
+    from facelab.face.video import VIDEO_EXTS
+    items, skipped = [], []
+    for q in map(Path, paths):
+        if q.is_dir():
+            if micro: items.append(q); continue
+            found = sorted(f for f in q.iterdir() if f.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
+            if found: items += found
+            else: skipped.append((str(q), f"no images or videos in folder"))
+        elif q.is_file(): items.append(q)
+        else: skipped.append((str(q), 'no such file or folder'))
+    return items, skipped
+
+def _predict_one(p:OnnxPredictor, item:Path, args, detector) -> pd.DataFrame:
+    if p.task == 'micro' and item.is_dir(): return p.predict_clips([item])
+    if args.no_detect:
+        if p.task == 'micro': raise ValueError(f"{item}: --no-detect with a micro model takes clip folders of cropped frames")
+        return p.predict_images([item])
+    return predict_faces(p, item, detector, args.detect_every)
+
 def _cli_predict(args) -> int:
     p = OnnxPredictor(args.model, threads=args.threads)
     print(f"{p.path.name}: task {p.task}, input {p.meta['input_shape']}, run {p.meta.get('run_id') or '-'}", file=sys.stderr)
-    df = p.predict(args.inputs, **({} if p.task == 'micro' else {'progress': not args.quiet}))
+    items, skipped = _expand(args.inputs, p.task == 'micro')
+    detector = None
+    if not args.no_detect:
+        from facelab.face.detect import FaceDetector
+        detector = FaceDetector(args.detector)
+    parts, no_face = [], []
+    it = items
+    if not args.quiet and len(items) > 1:
+        from tqdm.auto import tqdm
+        it = tqdm(items, desc='predict', unit='file')
+    for item in it:
+        try: df = _predict_one(p, item, args, detector)
+        except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:
+            skipped.append((str(item), str(e))); continue
+        if len(df): parts.append(df)
+        else: no_face.append(str(item))
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=['input'])
+    for f in no_face: print(f'no face found: {f}', file=sys.stderr)
     if args.out:
         out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
         (df.to_parquet(out, index=False) if out.suffix == '.parquet' else df.to_csv(out, index=False))
         print(f'wrote {len(df)} rows to {out}', file=sys.stderr)
-    short = ['input', 'label', 'confidence'] if p.task != 'au' else ['input', 'active']
-    with pd.option_context('display.max_rows', args.show, 'display.width', 160, 'display.max_colwidth', 60):
-        print(df[short].head(args.show).to_string(index=False))
-    return 0
+    short = [c for c in ['input', 'frame', 'track', 'x0', 'y0', 'x1', 'y1'] if c in df.columns] + \
+            (['label', 'confidence'] if p.task != 'au' else ['active'])
+    if len(df):
+        with pd.option_context('display.max_rows', args.show, 'display.width', 160, 'display.max_colwidth', 60,
+                               'display.float_format', '{:.3f}'.format):
+            print(df[[c for c in short if c in df.columns]].head(args.show).to_string(index=False))
+    for f, why in skipped: print(f'skipped {f}: {why}', file=sys.stderr)
+    if skipped: print(f'{len(skipped)} input(s) skipped; {len(df)} row(s) predicted', file=sys.stderr)
+    return 1 if skipped else 0
 
 def add_cli(sub):
     "Register `facelab predict` and `facelab demo`."
     p = sub.add_parser('predict', help='run an exported .onnx model on images (macro, au) or frame folders (micro)',
         description='Predict with a model written by `facelab export`, under onnxruntime. Preprocessing (size, mean/std, '
-                    'colour order) comes from the file\'s metadata. macro/au: image files or folders of images, one row '
-                    'per image. micro: one folder of frames per clip, frames sampled evenly in file-name order.')
+                    'colour order, alignment template) comes from the file\'s metadata. Photos and videos go through face '
+                    'detection, 68 landmarks and alignment (facelab.face): one row per face per frame, with its box and '
+                    'track id (micro: one row per face track of a video). --no-detect: inputs are crops, one row per image. '
+                    'micro: clip folders of cropped frames are sampled evenly in file-name order. A bad input is reported '
+                    'with its reason and skipped; the exit code is 1 if any was.')
     p.add_argument('--model', required=True, help='.onnx file written by facelab export')
     p.add_argument('inputs', nargs='+', help='images or folders (macro, au); clip folders (micro)')
     p.add_argument('--out', help='write every column (all probabilities) to this .csv or .parquet')
     p.add_argument('--threads', type=int, default=None, help='onnxruntime intra-op threads')
     p.add_argument('--show', type=int, default=20, help='rows to print')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--no-detect', action='store_true', help='inputs are face crops already: no detection or alignment')
+    p.add_argument('--detector', default='hog', choices=['hog', 'haar', 'mmod', 'auto'], help='face detector (facelab.face)')
+    p.add_argument('--detect-every', type=int, default=5, help='videos: run the detector every N frames, track in between')
     p.set_defaults(func=_cli_predict)
     d = sub.add_parser('demo', help='end to end on FaceSynth: train macro, export to ONNX (+int8), predict with onnxruntime',
         description='The whole path in one command: FaceSynth AffectNet + RAF-DB are generated (cached), tiny POSTER++ is '

@@ -12,9 +12,10 @@ from typing import Mapping, Sequence
 import facelab
 
 # %% auto #0
-__all__ = ['TASK_NOTEBOOKS', 'MICRO_DATASETS', 'MICRO_CONFIG', 'REPORT_NOTEBOOKS', 'nbs_dir', 'runs_root', 'new_run_id',
-           'is_finished', 'run_notebook', 'train_folds', 'micro_index', 'loso_split', 'collect_study', 'run_report',
-           'facesynth_backbone', 'micro_pretrain', 'add_cli']
+__all__ = ['TASK_NOTEBOOKS', 'PARAMS_FILE', 'STATUS_FILE', 'MICRO_DATASETS', 'MICRO_CONFIG', 'REPORT_NOTEBOOKS', 'nbs_dir',
+           'runs_root', 'new_run_id', 'is_finished', 'notebook_params', 'check_params', 'run_status', 'run_notebook',
+           'train_folds', 'micro_index', 'loso_split', 'collect_study', 'run_report', 'facesynth_backbone',
+           'micro_pretrain', 'add_cli']
 
 # %% ../nbs/34_runs.ipynb #7071e9fb
 TASK_NOTEBOOKS = {'micro': '30_train_micro.ipynb', 'macro': '31_train_macro.ipynb',
@@ -41,29 +42,99 @@ def is_finished(run_dir) -> bool:
     return (Path(run_dir)/'metrics.json').exists()
 
 # %% ../nbs/34_runs.ipynb #5422b0f5
+PARAMS_FILE, STATUS_FILE = 'papermill_params.json', 'status.json'
+
+def notebook_params(task:str) -> dict:
+    "The parameters a task's notebook declares (its `parameters` cell): name -> papermill's description."
+    import papermill as pm
+    if task not in TASK_NOTEBOOKS: raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_NOTEBOOKS)}")
+    nb = nbs_dir()/TASK_NOTEBOOKS[task]
+    if not nb.exists(): raise FileNotFoundError(f"training notebook not found: {nb}")
+    return pm.inspect_notebook(str(nb))
+
+def check_params(task:str, params:Mapping) -> dict:
+    "`params` if every key is a parameter the task's notebook declares; else a `ValueError` listing the allowed names."
+    import difflib, keyword
+    allowed = notebook_params(task)
+    bad = [k for k in params if not (isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k)) or k not in allowed]
+    if bad:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), list(allowed), n=1)) else repr(k)
+                 for k in bad]
+        raise ValueError(f"{TASK_NOTEBOOKS[task]}: unknown parameter(s) {', '.join(hints)}; "
+                         f"the notebook's parameters are {sorted(k for k in allowed if k != 'out_dir')}")
+    return dict(params)
+
+def _status(run_dir:Path, status:str, **kw):
+    tmp = run_dir/f'.{STATUS_FILE}.tmp'
+    tmp.write_text(json.dumps({'status': status, 'pid': os.getpid(), 'time': time.strftime('%Y-%m-%dT%H:%M:%S'), **kw},
+                              indent=1, default=str))
+    os.replace(tmp, run_dir/STATUS_FILE)
+
+def run_status(run_dir) -> dict:
+    "A run folder's state: `finished` (metrics.json), else status.json's (`running`; `killed` when its process is gone; `failed` with the error), else `unknown`."
+    d = Path(run_dir)
+    if is_finished(d): return {'status': 'finished'}
+    try: st = json.loads((d/STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError): return {'status': 'unknown'}
+    if st.get('status') == 'running' and isinstance(st.get('pid'), int) and st['pid'] != os.getpid():
+        try: os.kill(st['pid'], 0)
+        except ProcessLookupError: st['status'] = 'killed'
+        except PermissionError: pass
+    return st
+
 def run_notebook(task:str, # one of TASK_NOTEBOOKS
-                 params:Mapping|None=None, # papermill parameters (out_dir is set here)
+                 params:Mapping|None=None, # papermill parameters (out_dir is set here); only the notebook's own names
                  run_dir=None, # default: runs_root()/task/<new run id>
                  progress:bool=False, # papermill's cell progress bar
                  log_output:bool=False,
+                 resume:bool=False, # continue the killed run in `run_dir` with the parameters it was started with
                 ) -> Path:
     "Execute a task's training notebook headless; returns the run folder (with notebook.ipynb in it)."
     import papermill as pm
     if task not in TASK_NOTEBOOKS: raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_NOTEBOOKS)}")
     nb = nbs_dir()/TASK_NOTEBOOKS[task]
     if not nb.exists(): raise FileNotFoundError(f"training notebook not found: {nb}")
+    params = check_params(task, dict(params or {}))
+    if resume:
+        if not run_dir: raise ValueError("resume needs the run folder")
+        run_dir = Path(run_dir)
+        pf = run_dir/PARAMS_FILE
+        if not pf.exists(): raise FileNotFoundError(f"{run_dir}: not a facelab train run folder (no {PARAMS_FILE}): nothing to resume")
+        saved = json.loads(pf.read_text())
+        if saved.get('task') != task: raise ValueError(f"{run_dir}: is a {saved.get('task')!r} run, not {task!r}")
+        if params and params != saved['params']:
+            raise ValueError(f"{run_dir}: was started with parameters {saved['params']}, not {params}; "
+                             "a run resumes with the parameters it was started with")
+        params = dict(saved['params'])
+        if 'resume' not in notebook_params(task): raise ValueError(f"{nb.name} declares no 'resume' parameter")
     run_dir = Path(run_dir) if run_dir else runs_root()/task/new_run_id()
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = {**dict(params or {}), 'out_dir': str(run_dir)}
-    pm.execute_notebook(str(nb), str(run_dir/'notebook.ipynb'), parameters=params, kernel_name='python3',
-                        progress_bar=progress, log_output=log_output, cwd=str(nb.parent))
-    if not is_finished(run_dir): raise RuntimeError(f"{nb.name} finished without writing {run_dir/'metrics.json'}")
+    if not resume:
+        (run_dir/PARAMS_FILE).write_text(json.dumps({'task': task, 'params': params}, indent=1, default=str))
+    _status(run_dir, 'running', resume=bool(resume))
+    try:
+        pm.execute_notebook(str(nb), str(run_dir/'notebook.ipynb'), kernel_name='python3', progress_bar=progress,
+                            parameters={**params, 'out_dir': str(run_dir), **({'resume': True} if resume else {})},
+                            log_output=log_output, cwd=str(nb.parent))
+    except pm.PapermillExecutionError as e:
+        msg = f"{e.ename}: {' '.join(str(e.evalue).split())}"   # the notebook's own error line, on one line
+        _status(run_dir, 'failed', error=msg, cell=e.exec_count)
+        raise RuntimeError(f"{nb.name} failed in cell {e.exec_count}: {msg} (executed notebook: {run_dir/'notebook.ipynb'}; "
+                           f"resume it with --resume {run_dir})") from None
+    except BaseException as e:
+        _status(run_dir, 'failed', error=f'{type(e).__name__}: {e}'[:500]); raise
+    if not is_finished(run_dir):
+        _status(run_dir, 'failed', error='finished without metrics.json')
+        raise RuntimeError(f"{nb.name} finished without writing {run_dir/'metrics.json'}")
+    _status(run_dir, 'finished')
     return run_dir
 
 # %% ../nbs/34_runs.ipynb #614fc94a
 def _run_fold(task, fold, params, run_dir):
     t0 = time.time()
-    run_notebook(task, {**params, 'fold': fold}, run_dir)
+    # a fold that was started (and killed) continues from its last checkpoint
+    started = (Path(run_dir)/PARAMS_FILE).exists()
+    run_notebook(task, {**params, 'fold': fold}, run_dir, resume=started)
     return fold, str(run_dir), time.time() - t0
 
 def train_folds(task:str, # usually 'micro'
@@ -84,10 +155,8 @@ def train_folds(task:str, # usually 'micro'
     failed = {}
     if len(todo) > 1 and workers > 1:
         # the first run against a new MLflow store migrates its schema: two workers doing it at once fail, so do it here
-        try:
-            from facelab.train.track import mlflow_experiment
-            mlflow_experiment(f'facelab-{task}')
-        except ImportError: pass
+        from facelab.train.track import mlflow_experiment
+        mlflow_experiment(f'facelab-{task}')
     if todo:
         with ProcessPoolExecutor(max_workers=max(1, workers)) as ex:
             futs = {ex.submit(_run_fold, task, f, dict(params or {}), d): f for f, d in todo}
@@ -193,7 +262,7 @@ def facesynth_backbone(cache=None, # folder of stage-1 checkpoints (None: artifa
     args = json.loads(json.dumps(to_jsonable(dict(kw)), sort_keys=True))    # tuples -> lists: one key per set of values
     key = hashlib.sha1(json.dumps({'fn': 'facesynth_pretrain', 'args': args, 'facelab': facelab.__version__},
                                   sort_keys=True).encode()).hexdigest()[:10]
-    d = cache/f"{args.get('name', 'videomae_tiny')}-{key}"
+    d = cache/f"stage1-{key}"    # a hash only: no config value becomes part of a path
     def read(): return d/'weights.pt', json.loads((d/'info.json').read_text())
     if (d/'info.json').exists(): return read()
     with _lock(cache/f'.{d.name}.lock'):
@@ -236,21 +305,51 @@ def _parse_folds(s:str, n_folds:int|None) -> list[int]:
     return out
 
 def _common_params(args) -> dict:
-    p = {'seed': args.seed}
+    p = {'seed': 0 if args.seed is None else args.seed}
     for k in ('data_root', 'config', 'epochs'):
         v = getattr(args, k, None)
         # the notebook runs with nbs/ as its working directory: paths given relative to the caller's folder are made absolute
         if v is not None and k != 'epochs' and Path(v).expanduser().exists(): v = str(Path(v).expanduser().resolve())
         if v is not None: p[k] = v
     for kv in args.param or []:
-        k, _, v = kv.partition('=')
+        k, eq, v = kv.partition('=')
+        if not eq: raise ValueError(f"-p {kv!r}: expected KEY=VALUE")
         try: v = json.loads(v)
         except json.JSONDecodeError: pass
         p[k] = v
     return p
 
+def _positive_int(s:str) -> int:
+    import argparse
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {s!r}") from None
+    if v < 1: raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+def _cli_resume(args) -> int:
+    d = Path(args.resume).expanduser()
+    given = [f"--{k.replace('_', '-')}" for k in ('data_root', 'config', 'epochs', 'seed', 'fold', 'folds', 'param', 'out', 'study')
+             if getattr(args, k, None) not in (None, [])]
+    if given: raise ValueError(f"--resume continues {d} with the parameters it was started with; drop {' '.join(given)}")
+    if is_finished(d):
+        print(f"{d}: already finished (metrics.json exists); nothing to resume"); return 0
+    from facelab.train.track import ensure_store
+    ensure_store()
+    print(f"{args.task}: resuming {d} ({run_status(d).get('status')})", flush=True)
+    run_notebook(args.task, None, d, progress=not args.quiet, resume=True)
+    print((d/'metrics.json').read_text())
+    return 0
+
 def _cli_train(args) -> int:
+    if getattr(args, 'resume', None): return _cli_resume(args)
     params = _common_params(args)
+    check_params(args.task, {**params, **({'fold': 0} if args.fold is not None else {})})
+    if params.get('config') and Path(params['config']).exists():
+        from facelab.core import load_config
+        from facelab.train.config import validate_config
+        validate_config(load_config(params['config']), args.task)   # a typo fails here, before a run folder exists
+    from facelab.train.track import ensure_store
+    ensure_store()   # the store is created (migrated) under a lock: parallel `facelab train` processes share it
     root = Path(args.out) if args.out else runs_root()/args.task
     if args.task == 'micro' and args.folds is not None:
         n_folds = args.n_folds
@@ -291,8 +390,8 @@ def add_cli(sub):
     p.add_argument('task', choices=sorted(TASK_NOTEBOOKS))
     p.add_argument('--data-root', help='dataset root; default: generate FaceSynth into the cache')
     p.add_argument('--config', help='YAML training config (configs/*.yaml)')
-    p.add_argument('--epochs', type=int)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--epochs', type=_positive_int, help='epochs (>= 1); default: the config\'s')
+    p.add_argument('--seed', type=int, help='seed (default 0)')
     p.add_argument('--fold', type=int, help='single fold to train (tasks with folds)')
     p.add_argument('--folds', help="micro: 'all', '0-5' or '0,3,7': LOSO folds to run in parallel")
     p.add_argument('--n-folds', type=int, help="number of LOSO folds when --folds all (default: the subjects in the data)")
@@ -302,4 +401,6 @@ def add_cli(sub):
     p.add_argument('--out', help='output root (default papermill_runs/<task>)')
     p.add_argument('-p', '--param', action='append', metavar='KEY=VALUE', help='extra notebook parameter (JSON value)')
     p.add_argument('--quiet', action='store_true', help='no cell progress bar')
+    p.add_argument('--resume', metavar='RUN_DIR', help='continue a killed run from its last checkpoint, with the parameters it '
+                   'was started with (micro --folds: rerun the same command; finished folds are skipped, started ones resume)')
     p.set_defaults(func=_cli_train)

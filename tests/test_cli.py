@@ -21,3 +21,16 @@ def test_info_reports_env_paths(tmp_path):
 def test_unknown_command_fails():
     r = run('no-such-command')
     assert r.returncode != 0 and 'invalid choice' in r.stderr
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    "A folder where a model file belongs: one error line naming it, exit 2; --debug / FACELAB_DEBUG add the traceback."
+    (tmp_path/'m.onnx').mkdir()
+    args = ('predict', '--model', str(tmp_path/'m.onnx'), '--no-detect', str(tmp_path))
+    r = run(*args, env={'FACELAB_DEBUG': ''})
+    assert r.returncode == 2, r.stderr
+    assert 'Traceback' not in r.stderr and r.stderr.count('error:') == 1 and str(tmp_path/'m.onnx') in r.stderr, r.stderr
+    r = run('--debug', *args)
+    assert r.returncode == 2 and 'Traceback' in r.stderr, r.stderr
+    r = run(*args, env={'FACELAB_DEBUG': '1'})
+    assert r.returncode == 2 and 'Traceback' in r.stderr, r.stderr
+    assert '--debug' in run('--help').stdout

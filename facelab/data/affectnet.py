@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..core import AFFECTNET_MAP, EMOTION7, Drop
 from .index import index_row, index_frame, safe_join, ScanCache
+from .io import label_file, read_label_text
 
 # %% auto #0
 __all__ = ['AFFECTNET_COLUMNS', 'AFFECTNET_FILES', 'IMAGE_DIR', 'read_affectnet_csv', 'load_affectnet']
@@ -24,14 +25,17 @@ AFFECTNET_FILES = {'train': 'training.csv', 'val': 'validation.csv'}
 IMAGE_DIR = 'Manually_Annotated_Images'
 
 def read_affectnet_csv(path:str|Path, # training.csv or validation.csv
+                       root:str|Path|None=None, # dataset root the file must lie in (symlinks included)
                       ) -> pd.DataFrame:
     "Read one AffectNet CSV, checking its columns (errors name the file and the missing columns)."
+    import io
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"AffectNet label file not found: {path}")
-    try: df = pd.read_csv(path, dtype={'subDirectory_filePath': str, 'facial_landmarks': str})
-    except (pd.errors.ParserError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a readable CSV: {e}") from None
+    text = read_label_text(path, root, 'AffectNet label file')     # folder, 0 bytes, non-UTF-8, escaping symlink: errors
+    try: df = pd.read_csv(io.StringIO(text), dtype={'subDirectory_filePath': str, 'facial_landmarks': str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e: raise ValueError(f"{path}: not a readable CSV: {e}") from None
     missing = [c for c in AFFECTNET_COLUMNS if c not in df.columns]
     if missing: raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+    if not len(df): raise ValueError(f"{path}: the AffectNet label file has a header but no rows")
     return df
 
 def _int_code(v):
@@ -41,7 +45,7 @@ def _int_code(v):
     return int(f) if math.isfinite(f) and f == int(f) else None
 
 def _parse_csv(root:Path, path:Path, split:str, unknown:str) -> dict:
-    df = read_affectnet_csv(path)
+    df = read_affectnet_csv(path, root)
     rows, dropped = [], Counter()
     boxes = df[['face_x', 'face_y', 'face_width', 'face_height']].apply(pd.to_numeric, errors='coerce')
     for i, r in enumerate(df.itertuples(index=False)):
@@ -52,7 +56,8 @@ def _parse_csv(root:Path, path:Path, split:str, unknown:str) -> dict:
             raise ValueError(f"{where}: unknown expression code {r.expression!r} (AffectNet codes are 0-10)")
         lab = AFFECTNET_MAP(code)
         if isinstance(lab, Drop): dropped[lab.reason] += 1; continue
-        rel = str(r.subDirectory_filePath)
+        rel = r.subDirectory_filePath
+        if not isinstance(rel, str) or not rel.strip(): dropped['empty_path'] += 1; continue
         safe_join(root/IMAGE_DIR, rel, source=where)
         b = boxes.iloc[i].to_numpy()
         if not np.isfinite(b).all() or b[2] <= 0 or b[3] <= 0 or b[0] < 0 or b[1] < 0:
@@ -75,7 +80,7 @@ def load_affectnet(root:str|Path, # dataset root holding the CSVs and `Manually_
     out, dropped = [], Counter()
     for split in splits:
         path = root/AFFECTNET_FILES[split]
-        if not path.exists(): raise FileNotFoundError(f"AffectNet label file not found: {path}")
+        label_file(path, root, 'AffectNet label file')
         res = cache.get(f'affectnet/{path.name}/{unknown}', [path], lambda: _parse_csv(root, path, split, unknown),
                         hash_files=[path])
         dropped.update(res['dropped'])

@@ -13,13 +13,14 @@ import pandas as pd
 
 from ..core import BP4D_AUS
 from .index import INDEX_AUS, index_row, index_frame, subject_kfold, ScanCache
+from .io import has_ext, read_label_text
 
 # %% auto #0
 __all__ = ['BP4D_LABELS', 'numeric_frames', 'load_bp4d']
 
 # %% ../../nbs/16_data_bp4d.ipynb #957598cc
 BP4D_LABELS = 'AUCoding/AU_OCC'
-_NAME = re.compile(r'^([FM]\d{3})_(T\d+)\.csv$')
+_NAME = re.compile(r'^([FM]\d{3})_(T\d+)\.csv$', re.I)
 
 def numeric_frames(folder:str|Path, # a folder of frames
                    exts:tuple=('.jpg', '.jpeg', '.png', '.bmp'), # image suffixes (case-insensitive)
@@ -33,12 +34,15 @@ def numeric_frames(folder:str|Path, # a folder of frames
     return out
 
 def _parse_occ(root:Path, csv:Path, subj:str, task:str, aus:tuple) -> dict:
-    try: t = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    import io
+    text = read_label_text(csv, root, 'AU_OCC file')      # folder, 0 bytes, non-UTF-8, escaping symlink: errors
+    try: t = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ValueError(f"{csv}: not a readable AU_OCC CSV: {e}") from None
     cols = [str(a) for a in aus]
     miss = [c for c in ['0'] + cols if c not in t.columns]
     if miss: raise ValueError(f"{csv}: missing column(s) {miss} (column '0' is the frame, AU columns are named by AU number)")
+    if not len(t): raise ValueError(f"{csv}: the AU_OCC file has a header but no rows")
     files = numeric_frames(root/subj/task)
     rows, dropped = [], Counter()
     for i in range(len(t)):
@@ -67,7 +71,7 @@ def load_bp4d(root:str|Path, # dataset root holding the subject folders and `AUC
     if bad: raise ValueError(f"load_bp4d: AU(s) {bad} are not in INDEX_AUS")
     ldir = root/BP4D_LABELS
     if not ldir.is_dir(): raise FileNotFoundError(f"BP4D label folder not found: {ldir}")
-    csvs = sorted(ldir.glob('*.csv'))
+    csvs = sorted(p for p in ldir.iterdir() if has_ext(p.name, ['.csv']))     # F001_T1.CSV too
     if not csvs: raise FileNotFoundError(f"{ldir}: no AU_OCC .csv files")
     cache = cache or ScanCache()
     it = csvs
@@ -75,19 +79,22 @@ def load_bp4d(root:str|Path, # dataset root holding the subject folders and `AUC
         from fastprogress.fastprogress import progress_bar
         it = progress_bar(csvs, leave=False)
     pos = [INDEX_AUS.index(a) for a in aus]
-    rows, dropped = [], Counter()
+    rows, dropped, seen = [], Counter(), {}
     for csv in it:
         m = _NAME.match(csv.name)
         if not m: raise ValueError(f"{csv}: file name is not <subject>_<task>.csv (e.g. F001_T1.csv)")
         subj, task = m.groups()
+        if (subj.upper(), task.upper()) in seen:
+            raise ValueError(f"{csv}: labels {subj}_{task} are given twice (also in {seen[(subj.upper(), task.upper())].name})")
+        seen[(subj.upper(), task.upper())] = csv
         res = cache.get(f'bp4d/{csv.name}/{",".join(map(str, aus))}', [csv, root/subj/task],
                         lambda: _parse_occ(root, csv, subj, task, tuple(aus)), hash_files=[csv])
         dropped.update(res['dropped'])
         for r in res['rows']:
             pres = [math.nan]*len(INDEX_AUS)
             for p, v in zip(pos, r['present']): pres[p] = math.nan if v is None else v
-            rows.append(index_row('bp4d', subj, f"{task}/{r['frame']}", f"{subj}/{task}/{r['file']}",
-                                  au_present=pres, task=task, frame=r['frame']))
+            rows.append(index_row('bp4d', subj.upper(), f"{task.upper()}/{r['frame']}", f"{subj}/{task}/{r['file']}",
+                                  au_present=pres, task=task.upper(), frame=r['frame']))
     df = index_frame(rows)
     if len(df): df['fold'] = subject_kfold(df, k=k, seed=seed)
     df.attrs['dropped'] = dict(sorted(dropped.items()))

@@ -27,9 +27,10 @@ def casme2_sheet(root:Path, version:str|None=None) -> Path:
     root = Path(root)
     vs = [version] if version else list(CASME2_VERSIONS)
     if version and version not in CASME2_VERSIONS: raise ValueError(f"unknown CASME II coding-sheet version {version!r}; known: {CASME2_VERSIONS}")
+    names = {p.name.lower(): p for p in root.iterdir()} if root.is_dir() else {}
     for v in vs:
-        p = root/f'CASME2-coding-{v}.xlsx'
-        if p.exists(): return p
+        p = names.get(f'CASME2-coding-{v}.xlsx'.lower())        # .XLSX too
+        if p is not None: return p
     raise FileNotFoundError(f"no CASME II coding sheet {[f'CASME2-coding-{v}.xlsx' for v in vs]} under {root}")
 
 def _subject(v, at:str) -> str:
@@ -52,8 +53,9 @@ def load_casme2(root:Path, # dataset root holding CASME2_RAW_selected/ and the c
     root = Path(root)
     lmap = {'casme5': CASME2_TO_CASME5, 'megc3': CASME2_TO_MEGC3}.get(space)
     if lmap is None: raise ValueError(f"space must be 'casme5' or 'megc3', got {space!r}")
+    given = sheet is not None
     sheet = Path(sheet) if sheet else casme2_sheet(root, version)
-    df = read_sheet(sheet, CASME2_COLUMNS)
+    df = read_sheet(sheet, CASME2_COLUMNS, root=None if given else root)
     rows, dropped, stats = [], Counter(), Counter()
     it = df.to_dict('records')
     if progress:

@@ -43,8 +43,9 @@ def load_casme3(root:Path, # dataset root holding part_A/
     "CAS(ME)³ Part A as sample-index rows for spotting or recognition (LOSO folds in sorted subject order)."
     root = Path(root)
     if task not in ('spotting', 'recognition'): raise ValueError(f"task must be 'spotting' or 'recognition', got {task!r}")
+    given = sheet is not None
     sheet = Path(sheet) if sheet else root/CASME3_SHEET
-    df = read_sheet(sheet, CASME3_COLUMNS)
+    df = read_sheet(sheet, CASME3_COLUMNS, root=None if given else root)
     videos: dict[tuple, list] = {}
     for r in df.to_dict('records'):
         at = where(sheet, r['_row'])

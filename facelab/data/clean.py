@@ -16,9 +16,10 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .index import validate_index, safe_join, ScanCache
+from .io import decode_image, ImageDecodeError
 
 # %% auto #0
-__all__ = ['HASH_SIDE', 'phash', 'hamming', 'check_image', 'near_duplicates', 'CleanReport', 'clean_index']
+__all__ = ['HASH_SIDE', 'phash', 'hamming', 'check_image', 'near_duplicates', 'CleanReport', 'clean_index', 'check_files']
 
 # %% ../../nbs/19_data_clean.ipynb #0752c56e
 HASH_SIDE = 16   # a 16x16 block of DCT coefficients: 256-bit hashes
@@ -36,24 +37,10 @@ def phash(gray:np.ndarray, # grey (or RGB) image
 def hamming(a:int, b:int) -> int: return int(a ^ b).bit_count()
 
 def check_image(path:str|Path) -> dict:
-    "Decode `path` fully once: {'ok', 'reason', 'hash', 'shape'} (hash and shape only when it decodes)."
-    p = Path(path)
-    if not p.exists(): return {'ok': False, 'reason': 'missing'}
-    if p.stat().st_size == 0: return {'ok': False, 'reason': 'empty file'}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                im.load()
-                arr = np.asarray(im.convert('L'))
-                shape = [im.height, im.width, len(im.getbands())]
-    except UnidentifiedImageError as e: return {'ok': False, 'reason': f'corrupt: not a decodable image'}
-    except OSError as e:
-        msg = str(e)
-        return {'ok': False, 'reason': ('truncated: ' if 'truncated' in msg else 'corrupt: ') + msg}
-    except (ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        return {'ok': False, 'reason': f'corrupt: {e}'}
-    return {'ok': True, 'reason': '', 'hash': phash(arr), 'shape': shape}
+    "Decode `path` fully once (`decode_image`): {'ok', 'reason', 'hash', 'shape'} (hash and shape [H, W, 3] only when it decodes)."
+    try: rgb = decode_image(path)
+    except ImageDecodeError as e: return {'ok': False, 'reason': e.reason}
+    return {'ok': True, 'reason': '', 'hash': phash(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)), 'shape': list(rgb.shape)}
 
 # %% ../../nbs/19_data_clean.ipynb #9acdca90
 from itertools import combinations
@@ -96,7 +83,7 @@ class CleanReport:
     "What cleaning removed, repaired and found."
     quarantine: pd.DataFrame     # sample_id, file, reason: rows removed from the index
     padded: pd.DataFrame         # sample_id, file, reason, replacement: clip frames replaced by their nearest good frame
-    duplicates: pd.DataFrame     # sample_a, sample_b, distance, split_a, split_b, cross_split, same_subject, cross_fold
+    duplicates: pd.DataFrame     # sample_a, sample_b, distance, split_a, split_b, cross_split, same_subject, cross_fold, fold_a, fold_b
     decoded: int = 0             # files decoded in this pass (the others came from the cache)
     files: int = 0               # files checked
 
@@ -173,9 +160,9 @@ def clean_index(df:pd.DataFrame, # a sample index
         for a, b, d in near_duplicates(row_hash, max_distance):
             sa, sb, fa, fb = split_of[a], split_of[b], fold_of[a], fold_of[b]
             dup_rows.append((a, b, d, sa, sb, bool(sa and sb and sa != sb), subj_of[a] == subj_of[b],
-                             bool(fa >= 0 and fb >= 0 and fa != fb)))
+                             bool(fa >= 0 and fb >= 0 and fa != fb), int(fa), int(fb)))
     dups = pd.DataFrame(dup_rows, columns=['sample_a', 'sample_b', 'distance', 'split_a', 'split_b', 'cross_split',
-                                           'same_subject', 'cross_fold'])
+                                           'same_subject', 'cross_fold', 'fold_a', 'fold_b'])
     cross = dups[dups.cross_split] if len(dups) else dups
     if len(cross) and cross_split == 'error':
         r = cross.iloc[0]
@@ -192,3 +179,40 @@ def clean_index(df:pd.DataFrame, # a sample index
     out = out.reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out, rep
+
+# %% ../../nbs/19_data_clean.ipynb #7ffac137
+def check_files(df:pd.DataFrame, # index rows of one dataset (or protocol) with `df.attrs['roots']`
+                name:str, # the dataset (or protocol) name: names the cache and the quarantine list
+                out:str|Path|None=None, # index directory: decode cache in `_cache/`, quarantine list in `_quarantine/`
+                allow_duplicates:bool=False, # near-duplicates across folds or splits: counted instead of an error
+                full:bool=False, # ignore the decode cache
+               ) -> tuple[pd.DataFrame, dict]:
+    "`build_index(check_files=True)`: clean `df`, write `<out>/_quarantine/<name>.csv`, refuse leaking duplicates; (rows, counts)."
+    dataset = name
+    dcache = ScanCache(None if out is None else Path(out)/'_cache'/f'{dataset}.decode.json')
+    if full: dcache.entries = {}
+    attrs = dict(df.attrs)
+    clean, rep = clean_index(df, cross_split='report', cache=dcache)
+    if out is not None: dcache.save()
+    d = rep.duplicates
+    bad = d[d.cross_fold | d.cross_split] if len(d) else d
+    if len(bad) and not allow_duplicates:
+        r = bad.iloc[0]
+        kind = f"folds {r.fold_a} and {r.fold_b}" if r.cross_fold else f"splits {r.split_a!r} and {r.split_b!r}"
+        raise ValueError(f"{dataset}: {len(bad)} near-duplicate pair(s) across folds or splits, e.g. {r.sample_a} and "
+                         f"{r.sample_b} ({kind}, Hamming distance {r.distance}) would leak between train and test; "
+                         f"remove them from the dataset, or pass --allow-duplicates to index them anyway")
+    qfile = None if out is None else Path(out)/'_quarantine'/f'{dataset}.csv'
+    if qfile is not None:
+        if len(rep.quarantine) or len(rep.padded):
+            qfile.parent.mkdir(parents=True, exist_ok=True)
+            q = pd.concat([rep.quarantine.assign(action='quarantined'),
+                           rep.padded.drop(columns=['replacement']).assign(action='padded')], ignore_index=True)
+            q.to_csv(qfile, index=False)
+        elif qfile.exists(): qfile.unlink()                      # a clean rebuild leaves no stale list behind
+    reasons = Counter(r.split(':')[0] for r in rep.quarantine.reason)
+    clean.attrs = attrs
+    return clean, {'quarantined': dict(sorted(reasons.items())), 'padded_frames': len(rep.padded),
+                   'duplicates': {'pairs': len(d), 'cross_fold': int(d.cross_fold.sum()) if len(d) else 0,
+                                  'cross_split': int(d.cross_split.sum()) if len(d) else 0},
+                   'files_checked': rep.files, 'quarantine_file': str(qfile) if qfile is not None and qfile.exists() else ''}

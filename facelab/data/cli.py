@@ -13,7 +13,7 @@ from ..core import data_root
 from .index import DATASET_LOADERS, DATASETS, build_index, index_dir, load_index
 
 # %% auto #0
-__all__ = ['cmd_build', 'summary', 'cmd_show', 'add_cli']
+__all__ = ['cmd_build', 'report_lines', 'summary', 'cmd_show', 'add_cli']
 
 # %% ../../nbs/09_data_cli.ipynb #63d05fd1
 def _out(args) -> Path: return Path(args.out) if args.out else data_root()/'index'
@@ -22,14 +22,27 @@ def cmd_build(args) -> int:
     "Build one dataset's index partition."
     t0, out = time.perf_counter(), _out(args)
     print(f'indexing {args.dataset} from {args.root} into {out} ...', flush=True)
-    df, stats = build_index(args.dataset, args.root, out=out, progress=not args.quiet, full=args.full)
+    df, stats = build_index(args.dataset, args.root, out=out, progress=not args.quiet, full=args.full,
+                            check_files=getattr(args, 'check_files', True), allow_duplicates=getattr(args, 'allow_duplicates', False))
     c = stats['cache']
     cache = f"{c['misses']} unit(s) scanned, {c['hits']} reused" if isinstance(c, dict) else c
     print(f"{args.dataset}: {stats['rows']} rows, {stats['subjects']} subjects; {cache}; "
           f"{time.perf_counter() - t0:.1f} s -> {out}")
-    for k in ('dropped', 'excluded'):
-        if stats.get(k): print(f"  {k} (by reason): {stats[k]}")
+    print(report_lines(stats))
     return 0
+
+def report_lines(stats:dict) -> str:
+    "The drop, count, quarantine and duplicate lines of `build_index`'s stats (every reason, also when zero rows)."
+    lines = [f"  dropped (by reason): {stats.get('dropped') or 'none'}"]
+    if stats.get('counted'): lines.append(f"  counted (by reason): {stats['counted']}")
+    if 'quarantined' in stats:
+        q = stats['quarantined']
+        lines.append(f"  files checked: {stats['files_checked']}; quarantined (by reason): {q or 'none'}; "
+                     f"padded frames: {stats['padded_frames']}" + (f"; list: {stats['quarantine_file']}" if stats['quarantine_file'] else ''))
+        d = stats['duplicates']
+        if d['pairs']: lines.append(f"  near-duplicate pairs: {d['pairs']} ({d['cross_fold']} across folds, {d['cross_split']} across splits)")
+    else: lines.append("  files not checked (--no-check-files)")
+    return '\n'.join(lines)
 
 def summary(df:pd.DataFrame) -> pd.DataFrame:
     "Rows, subjects, splits, folds and labelled rows per dataset."
@@ -60,6 +73,10 @@ def add_cli(subparsers):
     b.add_argument('--out', default=None, help='index directory (default: $FACELAB_DATA/index)')
     b.add_argument('--full', action='store_true', help='ignore the scan cache and rescan every file')
     b.add_argument('--quiet', action='store_true', help='no progress bars')
+    b.add_argument('--check-files', action=argparse.BooleanOptionalAction, default=True,
+                   help='decode every referenced image/frame; quarantine and count those that fail (default: on)')
+    b.add_argument('--allow-duplicates', action='store_true',
+                   help='index near-duplicates across folds or splits (reported) instead of refusing them')
     b.set_defaults(func=cmd_build)
     s = sub.add_parser('show', help='summarise the index')
     s.add_argument('--out', default=None, help='index directory (default: $FACELAB_DATA/index)')

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .index import safe_join
+from .io import decode_image, ImageDecodeError
 
 # %% auto #0
 __all__ = ['sample_positions', 'ClipDropped', 'ClipDataset', 'clip_dls']
@@ -57,12 +58,12 @@ def _nearest_ok(i:int, bad:set, n:int) -> int|None:
     return None
 
 def _read(path:Path, size:int) -> np.ndarray|None:
-    "RGB uint8 (size, size, 3), or None when the file does not decode (grayscale frames are expanded)."
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if im is None: return None
+    "RGB uint8 (size, size, 3) through `facelab.data.io.decode_image` (any bit depth or mode, EXIF orientation), or None when it does not decode."
+    try: im = decode_image(path)
+    except ImageDecodeError: return None
     if im.shape[0] != size or im.shape[1] != size:
         im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA if im.shape[0] > size else cv2.INTER_LINEAR)
-    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(im)
 
 # %% ../../nbs/18_data_clips.ipynb #0029b7f6
 class ClipDataset(torch.utils.data.Dataset):

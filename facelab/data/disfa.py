@@ -14,6 +14,7 @@ import pandas as pd
 from ..core import DISFA_AUS
 from .index import INDEX_AUS, index_row, index_frame, subject_kfold, ScanCache
 from .bp4d import numeric_frames
+from .io import read_label_text
 
 # %% auto #0
 __all__ = ['DISFA_LABELS', 'DISFA_FRAMES', 'PRESENCE_THRESHOLD', 'load_disfa']
@@ -23,10 +24,16 @@ DISFA_LABELS = 'ActionUnit_Labels'
 DISFA_FRAMES = 'Images_LeftCamera'
 PRESENCE_THRESHOLD = 2
 
-def _read_au(path:Path) -> dict[int, float]:
-    if not path.exists(): raise FileNotFoundError(f"DISFA label file not found: {path}")
+def _au_file(folder:Path, name:str) -> Path:
+    "`folder/name`, or the entry whose name matches it ignoring case (`SN001_AU1.TXT`)."
+    p = folder/name
+    if p.exists() or not folder.is_dir(): return p
+    alt = [q for q in folder.iterdir() if q.name.lower() == name.lower()]
+    return alt[0] if len(alt) == 1 else p
+
+def _read_au(path:Path, root:Path|None=None) -> dict[int, float]:
     out = {}
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
+    for ln, line in enumerate(read_label_text(path, root, 'DISFA label file').splitlines(), 1):
         if not line.strip(): continue
         where = f"{path.name} line {ln}"
         parts = [p.strip() for p in line.split(',')]
@@ -41,7 +48,7 @@ def _read_au(path:Path) -> dict[int, float]:
     return out
 
 def _parse_subject(root:Path, subj:str, aus:tuple, frames_dir:str) -> dict:
-    labels = {a: _read_au(root/DISFA_LABELS/subj/f'{subj}_au{a}.txt') for a in aus}
+    labels = {a: _read_au(_au_file(root/DISFA_LABELS/subj, f'{subj}_au{a}.txt'), root) for a in aus}
     files = numeric_frames(root/frames_dir/subj)
     frames = sorted(set().union(*[set(l) for l in labels.values()]))
     rows, dropped = [], Counter()
@@ -77,7 +84,7 @@ def load_disfa(root:str|Path, # dataset root holding `ActionUnit_Labels/` and th
     pos = [INDEX_AUS.index(a) for a in aus]
     rows, dropped = [], Counter()
     for subj in it:
-        files = [root/DISFA_LABELS/subj/f'{subj}_au{a}.txt' for a in aus]
+        files = [_au_file(root/DISFA_LABELS/subj, f'{subj}_au{a}.txt') for a in aus]
         res = cache.get(f'disfa/{subj}/{",".join(map(str, aus))}/{frames_dir}', files + [root/frames_dir/subj],
                         lambda: _parse_subject(root, subj, tuple(aus), frames_dir), hash_files=files)
         dropped.update(res['dropped'])

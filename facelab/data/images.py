@@ -16,6 +16,7 @@ from fastai.vision.all import (Categorize, DataLoaders, Datasets, IntToFloatTens
                                ToTensor, TensorCategory, imagenet_stats)
 
 from .index import INDEX_AUS, LABEL_SPACES, safe_join
+from .io import decode_image, ImageDecodeError
 
 # %% auto #0
 __all__ = ['crop_box', 'IndexImages', 'au_targets', 'image_dls']
@@ -46,9 +47,8 @@ class IndexImages:
         self.margin = margin
     def __call__(self, i:int) -> PILImage:
         p = self.paths[i]
-        try:
-            with Image.open(p) as im: img = im.convert('RGB')
-        except (OSError, ValueError) as e: raise ValueError(f"{p}: cannot decode image ({e}); run facelab.data.clean first") from None
+        try: img = Image.fromarray(decode_image(p))      # the shared decoder: 16-bit, palette, EXIF orientation
+        except ImageDecodeError as e: raise ValueError(f"{e}; run facelab.data.clean first") from None
         b = self.boxes[i]
         if b is not None and _has_box(b): img = crop_box(img, b, self.margin)
         return PILImage(img)

@@ -15,10 +15,10 @@ import pandas as pd
 from ..core import EMOTION7, MEGC3, CASME5, LabelSpace
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'INDEX_AUS', 'DATASETS', 'LABEL_SPACES', 'SPLITS', 'COLUMNS', 'QUALITY_BINS', 'DATASET_LOADERS',
-           'au_vectors', 'index_row', 'index_frame', 'validate_index', 'safe_join', 'quality_bin', 'save_index',
-           'load_index', 'file_signature', 'ScanCache', 'loso_subjects', 'loso_folds', 'subject_kfold', 'Split',
-           'train_val_split', 'get_loader', 'build_index', 'index_dir']
+__all__ = ['SCHEMA_VERSION', 'INDEX_AUS', 'DATASETS', 'LABEL_SPACES', 'SPLITS', 'COLUMNS', 'QUALITY_BINS', 'HASH_MAX',
+           'DATASET_LOADERS', 'au_vectors', 'index_row', 'index_frame', 'validate_index', 'safe_join', 'quality_bin',
+           'save_index', 'load_index', 'file_signature', 'ScanCache', 'loso_subjects', 'loso_folds', 'subject_kfold',
+           'Split', 'train_val_split', 'get_loader', 'build_index', 'index_dir']
 
 # %% ../../nbs/09_data_index.ipynb #cedb2d99
 SCHEMA_VERSION = 1
@@ -190,12 +190,15 @@ def quality_bin(q:float) -> str:
 def save_index(df:pd.DataFrame, # a valid sample index
                out:str|Path, # index directory
                roots:Mapping|None=None, # dataset -> dataset root (stored in the metadata so loaders can find files)
+               datasets:Iterable[str]=(), # datasets whose partitions are replaced even when `df` has no row of them
               ) -> list[Path]:
-    "Validate and write `df`, replacing the partitions of the datasets it holds; returns the files written."
+    "Validate and write `df`, replacing the partitions of the datasets it holds (and of `datasets`); returns the files written."
     import pyarrow as pa, pyarrow.parquet as pq
     validate_index(df)
     out, roots = Path(out), dict(roots or df.attrs.get('roots', {}))
     written = []
+    for ds in sorted(set(datasets) - set(df.dataset)):          # a dataset that now yields 0 rows: its old rows go
+        if (out/f'dataset={ds}').exists(): shutil.rmtree(out/f'dataset={ds}')
     for ds, g in df.groupby('dataset', sort=True):
         ddir = out/f'dataset={ds}'
         if ddir.exists(): shutil.rmtree(ddir)
@@ -266,6 +269,8 @@ def file_signature(p:str|Path, # a file or folder
     st = p.stat()
     return [st.st_size, st.st_mtime_ns] + ([_sha256(p)] if sha else [])
 
+HASH_MAX = 64 << 20   # annotation files up to this size are compared by content, not by mtime
+
 class ScanCache:
     "Per-unit memo of loader work keyed by the signatures of the files each unit read; see above."
     def __init__(self, path:str|Path|None=None): # JSON file (None: in memory only)
@@ -278,16 +283,22 @@ class ScanCache:
             except (ValueError, OSError): raw = {}
             if raw.get('schema') == SCHEMA_VERSION: self.entries = raw.get('entries', {})
 
+    @staticmethod
+    def _signature(f:Path, sha:bool=False):
+        "The file's signature, or None when it does not exist or cannot be reached (a name too long, ...)."
+        try: return file_signature(f, sha=sha)
+        except OSError: return None
+
     def _sig(self, files, hash_files):
-        return {str(f): (file_signature(f, sha=f in hash_files) if f.exists() else None) for f in files}
+        return {str(f): self._signature(f, sha=f in hash_files) for f in files}
 
     def _unchanged(self, f:Path, old, hash_files) -> bool:
-        new = file_signature(f) if f.exists() else None
-        if old == new: return True
-        if old is None or new is None or not old or not isinstance(old[0], int): return False   # folders: exact match only
-        if old[:2] == new: return True
-        # an annotation file whose mtime moved but whose size and content did not: unchanged
-        return f in hash_files and len(old) == 3 and old[0] == new[0] and old[2] == _sha256(f)
+        new = self._signature(f)
+        if old is None or new is None or not old or not new or not isinstance(old[0], int) or not isinstance(new[0], int):
+            return old == new                                      # folders (and a file that became one): exact match
+        if f in hash_files and len(old) == 3 and new[0] <= HASH_MAX:
+            return old[0] == new[0] and old[2] == _sha256(f)       # small annotation file: its content decides
+        return old[:2] == new
 
     def get(self, key:str, # unit of work, e.g. 'bp4d/F001_T1'
             files:Iterable, # files/folders the unit reads
@@ -395,12 +406,16 @@ def build_index(dataset:str, # a key of `DATASET_LOADERS`
                 out:str|Path|None=None, # index directory (None: build only, write nothing)
                 progress:bool=True, # progress output from the loader
                 full:bool=False, # ignore the scan cache and rescan everything
+                check_files:bool=False, # decode every referenced file (`facelab.data.clean.clean_index`); failures are quarantined
+                allow_duplicates:bool=False, # with `check_files`: cross-fold / cross-split duplicates are reported, not an error
                 **kw, # passed to the loader
                ) -> tuple[pd.DataFrame, dict]:
     """Parse a dataset into index rows, validate them, and (with `out`) save them; returns (rows, stats).
 
-    `stats` holds the row and subject counts, the cache hits/misses and the loader's `df.attrs['dropped']` /
-    `df.attrs['excluded']` counts (rows a loader left out, by reason)."""
+    `stats` holds the row and subject counts, the cache hits/misses, `dropped` (rows a loader left out, by reason,
+    from `df.attrs['dropped']`, `df.attrs['excluded']` or a micro loader's `df.attrs['stats']['dropped']`), `counted`
+    (a micro loader's other counts: missing apex, missing frames, ...) and, with `check_files`, `quarantined` (by
+    reason), `padded_frames` and `duplicates`; the quarantine list is written to `<out>/_quarantine/<dataset>.csv`."""
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder")
     fn = get_loader(dataset)
@@ -416,16 +431,32 @@ def build_index(dataset:str, # a key of `DATASET_LOADERS`
     df = index_frame(raw)
     df.attrs.update(raw.attrs)
     validate_index(df)
-    stats = {'dataset': dataset, 'rows': len(df), 'subjects': int(df.subject.nunique()),
-             **({'cache': cache.stats} if cache else {'cache': 'loader has no cache (full scan)'}),
-             **{k: df.attrs[k] for k in ('dropped', 'excluded') if k in df.attrs}}
     # a loader that spans several datasets (composite) reports their roots itself
     roots = {d: str(root.resolve()) for d in df.dataset.unique()} | {d: str(Path(r).resolve()) for d, r in raw.attrs.get('roots', {}).items()}
     df.attrs['roots'] = roots
+    d2, counted = _counts(dict(df.attrs.get('stats') or {}))
+    dropped = {**df.attrs.get('dropped', {}), **df.attrs.get('excluded', {}), **d2}
+    extra = {}
+    if check_files:                                    # also with 0 rows: a stale quarantine list goes
+        from .clean import check_files as _check
+        df, extra = _check(df, dataset, out, allow_duplicates=allow_duplicates, full=full)
+    stats = {'dataset': dataset, 'rows': len(df), 'subjects': int(df.subject.nunique()),
+             **({'cache': cache.stats} if cache else {'cache': 'loader has no cache (full scan)'}),
+             'dropped': dict(sorted(dropped.items())), 'counted': dict(sorted(counted.items())), **extra}
     if out is not None:
-        save_index(df, index_dir(out, dataset), roots=roots)
+        save_index(df, index_dir(out, dataset), roots=roots, datasets=[dataset] if dataset in DATASETS else ())
         if cache: cache.save()
     return df, stats
+
+def _counts(st:Mapping, prefix:str='') -> tuple[dict, dict]:
+    "(dropped, other counts) from a loader's `df.attrs['stats']`, nested per dataset for a protocol ('smic/missing_frames')."
+    dropped, counted = {}, {}
+    for k, v in st.items():
+        if k == 'dropped' and isinstance(v, Mapping): dropped.update({f'{prefix}{r}': int(n) for r, n in v.items()})
+        elif isinstance(v, Mapping):
+            d, c = _counts(v, f'{prefix}{k}/'); dropped.update(d); counted.update(c)
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool): counted[f'{prefix}{k}'] = int(v)
+    return dropped, counted
 
 def index_dir(out:str|Path, # the index directory
               name:str, # a key of `DATASET_LOADERS`

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..core import Drop, LabelMap
 from .index import INDEX_AUS, au_vectors, index_frame, loso_folds, safe_join, validate_index
+from .io import label_file
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SheetError', 'read_sheet', 'where', 'cell_int', 'frame_number', 'numeric_sort', 'clip_frames',
@@ -28,12 +29,12 @@ def read_sheet(path:Path, # .xlsx / .xls / .csv annotation file
                required:Sequence[str], # columns that must exist (compared after stripping spaces)
                anchor:Sequence[str]=('Subject', 'Filename'), # columns that identify the header row
                max_scan:int=40, # rows searched for the header (SAMM has a 12-row preamble)
+               root:Path|None=None, # dataset root the sheet must lie in (a symlink leading out is refused)
               ) -> pd.DataFrame:
     "The sheet's data rows with stripped column names and an `_row` column holding the Excel row number."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"annotation file not found: {path}")
+    path = label_file(path, root, 'annotation file')      # missing, a folder, 0 bytes or outside `root`: errors
     try:
-        if path.suffix.lower() == '.csv': raw = pd.read_csv(path, header=None, dtype=object)
+        if path.suffix.lower() == '.csv': raw = pd.read_csv(path, header=None, dtype=object, encoding='utf-8-sig')
         else: raw = pd.read_excel(path, header=None, dtype=object)
     except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
         raise SheetError(f"{path}: cannot read the spreadsheet (truncated or not an Excel file): {type(e).__name__}: {e}") from None
@@ -52,6 +53,7 @@ def read_sheet(path:Path, # .xlsx / .xls / .csv annotation file
     df.columns = [c if c else f'_col{j}' for j,c in enumerate(cols)]
     df['_row'] = np.arange(hdr + 2, hdr + 2 + len(df))
     keep = df[[c for c in cols if c]].map(norm).ne('').any(axis=1)
+    if not keep.any(): raise SheetError(f"{path}: the annotation file has a header (row {hdr+1}) but no rows")
     return df[keep].reset_index(drop=True)
 
 def where(path:Path, row) -> str:

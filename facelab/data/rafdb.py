@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..core import RAFDB_MAP, EMOTION7
 from .index import index_row, index_frame, safe_join, ScanCache
+from .io import exists, label_file, read_label_text
 
 # %% auto #0
 __all__ = ['RAFDB_LABELS', 'load_rafdb']
@@ -21,7 +22,7 @@ RAFDB_LABELS = 'EmoLabel/list_patition_label.txt'   # sic: RAF-DB's own spelling
 
 def _parse_labels(root:Path, path:Path, aligned:bool, unknown:str, missing:str) -> dict:
     rows, dropped = [], Counter()
-    for ln, line in enumerate(path.read_text(encoding='utf-8', errors='strict').splitlines(), 1):
+    for ln, line in enumerate(read_label_text(path, root, 'RAF-DB label file').splitlines(), 1):
         if not line.strip(): continue
         where = f"{path.name} line {ln}"
         parts = line.split()
@@ -36,7 +37,7 @@ def _parse_labels(root:Path, path:Path, aligned:bool, unknown:str, missing:str) 
         if split is None: raise ValueError(f"{where}: image name {name!r} starts with neither 'train_' nor 'test_'")
         rel = f'Image/aligned/{stem}_aligned.jpg' if aligned else f'Image/original/{name}'
         p = safe_join(root, rel, source=where)
-        if not p.exists():
+        if not exists(p, source=where):
             if missing == 'exclude': dropped['missing_image'] += 1; continue
             raise FileNotFoundError(f"{where}: image {rel} does not exist")
         rows.append(dict(stem=stem, path=rel, label=int(lab), split=split, code=int(code)))
@@ -54,7 +55,7 @@ def load_rafdb(root:str|Path, # dataset root holding `Image/` and `EmoLabel/`
     for a, v in (('unknown', unknown), ('missing', missing)):
         if v not in ('error', 'exclude'): raise ValueError(f"{a} must be 'error' or 'exclude'")
     path = root/RAFDB_LABELS
-    if not path.exists(): raise FileNotFoundError(f"RAF-DB label file not found: {path}")
+    label_file(path, root, 'RAF-DB label file')
     img_dir = root/('Image/aligned' if aligned else 'Image/original')
     if not img_dir.is_dir(): raise FileNotFoundError(f"RAF-DB image folder not found: {img_dir}")
     cache = cache or ScanCache()

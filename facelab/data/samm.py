@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..core import MEGC3, SAMM_TO_MEGC3, Drop, LabelMap, LabelSpace
 from .index import index_row
+from .io import has_ext
 from .micro import SheetError, cell_int, clip_row, coded_aus, finish, map_label, read_sheet, where
 
 # %% auto #0
@@ -39,12 +40,14 @@ def load_samm(root:Path, # dataset root holding NNN/ folders and the sheet
              ) -> pd.DataFrame:
     "SAMM clips as sample-index rows (megc3 label, 5-class extra columns, LOSO folds)."
     root = Path(root)
+    given = sheet is not None
     if sheet is None:
-        cands = sorted(root.glob('SAMM_Micro_FACS_Codes*.xlsx'))
+        cands = sorted(p for p in root.iterdir() if p.name.lower().startswith('samm_micro_facs_codes')
+                       and has_ext(p.name, ['.xlsx'])) if root.is_dir() else []
         if not cands: raise FileNotFoundError(f"no SAMM FACS-code sheet ({SAMM_SHEET}) under {root}")
         sheet = root/SAMM_SHEET if (root/SAMM_SHEET).exists() else cands[-1]
     sheet = Path(sheet)
-    df = read_sheet(sheet, SAMM_COLUMNS)
+    df = read_sheet(sheet, SAMM_COLUMNS, root=None if given else root)
     rows, dropped, stats = [], Counter(), Counter()
     for r in df.to_dict('records'):
         at = where(sheet, r['_row'])

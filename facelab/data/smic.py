@@ -15,11 +15,17 @@ from .index import au_vectors, index_row
 from .micro import SheetError, clip_row, finish, map_label
 
 # %% auto #0
-__all__ = ['SMIC_FPS', 'load_smic']
+__all__ = ['SMIC_FPS', 'smic_subject', 'load_smic']
 
 # %% ../../nbs/13_data_smic.ipynb #382c702a
 SMIC_FPS = {'HS': 100., 'VIS': 25., 'NIR': 25.}
-_SUBJ = re.compile(r'^s(\d+)$')
+_SUBJ = re.compile(r'^s(\d+)$', re.I)
+
+def smic_subject(folder:str) -> str:
+    "The canonical subject id of a SMIC subject folder: 's01', 'S1' and 's1' are all 's1'."
+    m = _SUBJ.match(folder)
+    if not m: raise ValueError(f"SMIC: {folder!r} is not a subject folder name sN")
+    return f's{int(m.group(1))}'
 
 def load_smic(root:Path, # dataset root holding HS/ (or VIS/, NIR/)
               modality:str='HS', # 'HS', 'VIS' or 'NIR'
@@ -34,6 +40,12 @@ def load_smic(root:Path, # dataset root holding HS/ (or VIS/, NIR/)
     if not base.is_dir(): raise FileNotFoundError(f"SMIC: no {modality}/ folder under {root}")
     subs = sorted((p for p in base.iterdir() if p.is_dir() and _SUBJ.match(p.name)), key=lambda p: int(p.name[1:]))
     if not subs: raise FileNotFoundError(f"SMIC: no subject folders sN under {base}")
+    ids = {}
+    for sd in subs:
+        sid = smic_subject(sd.name)
+        if sid in ids: raise ValueError(f"SMIC: subject folders {ids[sid].name!r} and {sd.name!r} under {base} are the same "
+                                        f"subject {sid}; merge or remove one (two ids for one subject would leak across LOSO folds)")
+        ids[sid] = sd
     rows, dropped, stats = [], Counter(), Counter()
     for sd in subs:
         micro = sd/'micro'
@@ -47,7 +59,7 @@ def load_smic(root:Path, # dataset root holding HS/ (or VIS/, NIR/)
                 rel = f'{rel_cls}/{clip.name}'
                 c = clip_row(root, rel, None, None, None, f'SMIC clip {rel}', cache=cache)
                 stats['missing_frames'] += c['n_missing']
-                rows.append(index_row('smic', sd.name, clip.name, rel, frames=c['frames'], fps=SMIC_FPS[modality],
+                rows.append(index_row('smic', smic_subject(sd.name), clip.name, rel, frames=c['frames'], fps=SMIC_FPS[modality],
                     onset=c['onset'], apex=(c['onset'] + c['offset'])//2, offset=c['offset'],
                     label=lab, label_space='megc3', label_name=MEGC3[lab], emotion_raw=cd.name, apex_given=False,
                     missing=c['missing'], n_missing=c['n_missing'], first_frame=c['first_frame']))

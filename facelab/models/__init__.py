@@ -4,23 +4,40 @@
 
 # %% ../../nbs/20_models.ipynb #e7257cf2
 from __future__ import annotations
-import importlib
-from typing import Callable
+import dataclasses, difflib, importlib, inspect
+from typing import Callable, Mapping
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['MODEL_MODULES', 'register_model', 'list_models', 'create_model', 'count_params', 'flop_report']
+__all__ = ['MODEL_MODULES', 'FORBIDDEN_KEYS', 'ModelConfigError', 'register_model', 'list_models', 'model_kwargs',
+           'check_model_config', 'create_model', 'count_params', 'flop_report']
 
 # %% ../../nbs/20_models.ipynb #34edd043
 #: modules that define models; imported on first use of `create_model` / `list_models`
 MODEL_MODULES = ['facelab.models.poster_v2', 'facelab.models.videomae', 'facelab.models.opengraphau',
-                 'facelab.models.spotting']
+                 'facelab.models.spotting', 'facelab.models.fer']
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_CONFIGS: dict[str, type] = {}      # name -> the config dataclass whose fields are the builder's only keyword arguments
+_CHECKS: dict[str, Callable] = {}   # name -> check(kwargs) -> list of problems with the values (e.g. a timm backbone)
+#: models whose `pretrained=True` loads only a sha256-pinned file: a bool that names no path, so a config may carry it
+_PINNED: set[str] = set()
 
-def register_model(fn:Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    "Decorator: register a model-builder function under its own name."
+class ModelConfigError(ValueError, KeyError):
+    "A model name or keyword argument that facelab refuses (a `ValueError`; a `KeyError` for older callers)."
+    __str__ = BaseException.__str__
+
+def register_model(fn:Callable[..., nn.Module]|None=None,
+                   config:type|None=None, # dataclass whose fields are the only keyword arguments the builder accepts
+                   check:Callable|None=None, # check(kwargs) -> list of problems with the values
+                   pinned_weights:bool=False, # `pretrained=True` loads only weights pinned by sha256 (allowed in configs)
+                  ) -> Callable[..., nn.Module]:
+    "Decorator: register a model-builder function under its own name (`@register_model(config=Cfg)` declares its kwargs)."
+    if fn is None: return lambda f: register_model(f, config=config, check=check, pinned_weights=pinned_weights)
     _REGISTRY[fn.__name__] = fn
+    if config is not None: _CONFIGS[fn.__name__] = config
+    if check is not None: _CHECKS[fn.__name__] = check
+    if pinned_weights: _PINNED.add(fn.__name__)
     return fn
 
 def _import_model_modules():
@@ -34,13 +51,72 @@ def list_models(pattern:str='') -> list[str]:
     _import_model_modules()
     return sorted(n for n in _REGISTRY if pattern in n)
 
+def model_kwargs(name:str) -> list[str]|None:
+    "The keyword arguments the builder of `name` accepts (None: it does not declare them)."
+    if name not in _REGISTRY: _import_model_modules()
+    if name in _CONFIGS: return [f.name for f in dataclasses.fields(_CONFIGS[name])]
+    ps = inspect.signature(_REGISTRY[name]).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in ps): return None
+    return [p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+# %% ../../nbs/20_models.ipynb #414eba08
+#: keys that make a library load weights or read files; refused at any depth of a model config
+FORBIDDEN_KEYS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_strict', 'checkpoint_path',
+                  'cache_dir', 'hf_hub_id', 'url', 'file', 'weights', 'state_dict', 'repo_id', 'local_dir')
+_FORBIDDEN_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:', 'timm/', 'http:', 'https:', 'file:', 'ftp:', 's3:')
+
+def _did_you_mean(word:str, options) -> str:
+    m = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ''
+
+def _scan(o, where:str) -> list[str]:
+    "Forbidden keys and hub/URL strings anywhere inside `o`."
+    out = []
+    if isinstance(o, Mapping):
+        for k, v in o.items():
+            if str(k) in FORBIDDEN_KEYS or str(k).startswith('pretrained'):
+                out.append(f"{where}{k!r} is refused: a model config may not load weights or read files")
+            out += _scan(v, f"{where}{k}.")
+    elif isinstance(o, (list, tuple)):
+        for i, v in enumerate(o): out += _scan(v, f"{where}{i}.")
+    elif isinstance(o, str) and o.strip().lower().startswith(_FORBIDDEN_PREFIXES):
+        out.append(f"{where.rstrip('.') or 'value'} = {o!r:.80} is refused: a model config may not name a hub, URL or file")
+    elif not (o is None or isinstance(o, (bool, int, float, str))):
+        out.append(f"{where.rstrip('.') or 'value'} is a {type(o).__name__}: a model config holds only plain values")
+    return out
+
+def check_model_config(name, # registered model name
+                       kwargs:Mapping|None=None, # builder keyword arguments
+                       source:str='model config', # what the config came from (a file path), named in errors
+                      ) -> None:
+    "Refuse (`ModelConfigError` naming `source`) an unknown model, an unknown keyword, or a value that loads weights or files."
+    if not isinstance(name, str) or not name:
+        raise ModelConfigError(f"{source}: the model name must be a non-empty string, got {name!r:.80}")
+    if name not in _REGISTRY: _import_model_modules()
+    if name not in _REGISTRY:
+        raise ModelConfigError(f"{source}: unknown model {name!r}{_did_you_mean(name, _REGISTRY)}; available: {list_models()}")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, Mapping):
+        raise ModelConfigError(f"{source}: model kwargs must be a mapping, got {type(kwargs).__name__}")
+    # a pinned model's `pretrained` flag is a plain bool: it names no file, and the weights it loads are checked by sha256
+    pinned_flag = name in _PINNED and isinstance(kwargs.get('pretrained'), bool)
+    problems = _scan({k: v for k, v in kwargs.items() if not (pinned_flag and k == 'pretrained')}, '')
+    allowed = model_kwargs(name)
+    if allowed is not None:
+        problems += [f"unknown keyword {k!r} for model {name!r}{_did_you_mean(k, allowed)}"
+                     for k in kwargs if k not in allowed]
+    if not problems and name in _CHECKS: problems += list(_CHECKS[name](dict(kwargs)))
+    if problems: raise ModelConfigError(f"{source}: " + '; '.join(problems))
+
 def create_model(name:str, # registered name, e.g. 'poster_v2_tiny'
+                 _source:str='model config', # where the config came from, named in errors (e.g. a model file)
                  **kwargs, # overrides passed to the builder (e.g. num_classes)
                 ) -> nn.Module:
-    "Build a registered model by name."
-    if name not in _REGISTRY: _import_model_modules()
-    if name not in _REGISTRY: raise KeyError(f"unknown model {name!r}; available: {list_models()}")
-    return _REGISTRY[name](**kwargs)
+    "Build a registered model by name, after `check_model_config`; a builder's own error names `_source`."
+    check_model_config(name, kwargs, _source)
+    try: return _REGISTRY[name](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelConfigError(f"{_source}: model {name!r} rejects its kwargs {dict(kwargs)!r:.200}: {e}") from None
 
 # %% ../../nbs/20_models.ipynb #dd5ef7d5
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:

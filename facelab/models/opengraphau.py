@@ -15,13 +15,14 @@ import torch.nn.functional as F
 import timm
 
 from ..core import DEPLOY_AUS
-from . import register_model, count_params, flop_report
+from . import register_model, count_params, flop_report, _did_you_mean
 
 # %% auto #0
 __all__ = ['OFFICIAL_MAIN_AUS', 'OFFICIAL_SIDE_AUS', 'OFFICIAL_AUS', 'OFFICIAL_SIDE_NODES', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'OPENGRAPHAU_CONFIGS', 'parse_au', 'au_label', 'AULayout', 'au_layout', 'OpenGraphAUConfig', 'LinearBN',
-           'AUFeatureGenerator', 'topk_graph', 'normalize_digraph', 'FacialGraphGNN', 'CrossAttention',
-           'GraphEdgeModel', 'EdgeGatedGCN', 'CosinePresenceHead', 'IntensityHead', 'OpenGraphAU', 'LoadReport',
+           'OPENGRAPHAU_CONFIGS', 'OPENGRAPHAU_BACKBONES', 'OPENGRAPHAU_BACKBONE_KWARGS', 'parse_au', 'au_label',
+           'AULayout', 'au_layout', 'OpenGraphAUConfig', 'LinearBN', 'AUFeatureGenerator', 'topk_graph',
+           'normalize_digraph', 'FacialGraphGNN', 'CrossAttention', 'GraphEdgeModel', 'EdgeGatedGCN',
+           'CosinePresenceHead', 'IntensityHead', 'OpenGraphAU', 'check_opengraphau_kwargs', 'LoadReport',
            'checkpoint_filter_fn', 'load_official_checkpoint', 'to_official_state_dict', 'architecture_summary']
 
 # %% ../../nbs/22_models_opengraphau.ipynb #fc3226d4
@@ -303,7 +304,34 @@ def _builder(name):
     build.__doc__ = f"OpenGraphAU variant `{name}`: {OPENGRAPHAU_CONFIGS[name].backbone}; keyword arguments override config fields."
     return build
 
-for _n in OPENGRAPHAU_CONFIGS: globals()[_n] = register_model(_builder(_n))
+#: timm backbones an OpenGraphAU config may name (always built without weights); any other name is refused
+OPENGRAPHAU_BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'test_resnet', 'swin_tiny_patch4_window7_224',
+                         'swin_small_patch4_window7_224', 'swin_base_patch4_window7_224')
+#: timm keyword arguments an OpenGraphAU config may pass to its backbone (numbers or lists of numbers only)
+OPENGRAPHAU_BACKBONE_KWARGS = ('drop_rate', 'drop_path_rate', 'output_stride', 'img_size', 'window_size', 'embed_dim',
+                               'depths', 'num_heads')
+
+def _numeric(v) -> bool:
+    if isinstance(v, (list, tuple)): return all(_numeric(x) for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def check_opengraphau_kwargs(kw:Mapping) -> list[str]:
+    "Problems with the values an OpenGraphAU config passes to timm: the backbone name and its kwargs are whitelisted."
+    out = []
+    if 'backbone' in kw and kw['backbone'] not in OPENGRAPHAU_BACKBONES:
+        out.append(f"backbone {kw['backbone']!r:.80} is not allowed{_did_you_mean(kw['backbone'], OPENGRAPHAU_BACKBONES)}; "
+                   f"allowed: {list(OPENGRAPHAU_BACKBONES)}")
+    bk = kw.get('backbone_kwargs', {})
+    if not isinstance(bk, Mapping): return out + [f"backbone_kwargs must be a mapping, got {type(bk).__name__}"]
+    for k, v in bk.items():
+        if k not in OPENGRAPHAU_BACKBONE_KWARGS:
+            out.append(f"backbone_kwargs key {k!r} is not allowed{_did_you_mean(k, OPENGRAPHAU_BACKBONE_KWARGS)}; "
+                       f"allowed: {list(OPENGRAPHAU_BACKBONE_KWARGS)}")
+        elif not _numeric(v): out.append(f"backbone_kwargs[{k!r}] must be a number or a list of numbers, got {v!r:.60}")
+    return out
+
+for _n in OPENGRAPHAU_CONFIGS:
+    globals()[_n] = register_model(_builder(_n), config=OpenGraphAUConfig, check=check_opengraphau_kwargs)
 
 # %% ../../nbs/22_models_opengraphau.ipynb #7291a99c
 @dataclass

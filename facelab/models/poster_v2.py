@@ -316,12 +316,12 @@ class PosterV2(nn.Module):
         _init_fusion(self.head.fc)
 
 # %% ../../nbs/20_models_poster_v2.ipynb #fcf7f67f
-@register_model
+@register_model(config=PosterV2Config)
 def poster_v2(**kwargs) -> PosterV2:
     "POSTER++ at full size (official 7-class architecture, 224 input, 112 inside)."
     return PosterV2(POSTER_V2_FULL, **kwargs)
 
-@register_model
+@register_model(config=PosterV2Config)
 def poster_v2_tiny(**kwargs) -> PosterV2:
     "POSTER++ with few channels at 48x48, for CPU tests: same structure, trains in seconds."
     return PosterV2(POSTER_V2_TINY, **kwargs)

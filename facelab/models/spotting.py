@@ -123,12 +123,12 @@ class SpottingNet(nn.Module):
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
 
-@register_model
+@register_model(config=SpottingConfig)
 def spotting_tcn(**kw) -> SpottingNet:
     "Full spotter: 64 channels, 6 dilated blocks (receptive field 127 frames), 1 transformer layer."
     return SpottingNet(SpottingConfig(**kw))
 
-@register_model
+@register_model(config=SpottingConfig)
 def spotting_tiny(**kw) -> SpottingNet:
     "CPU-test spotter: 32 channels, 6 dilated blocks, no attention."
     return SpottingNet(SpottingConfig(**{'hidden': 32, 'n_attn_layers': 0, 'n_heads': 2, **kw}))

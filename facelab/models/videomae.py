@@ -153,17 +153,17 @@ class VideoMAE(nn.Module):
 # %% ../../nbs/21_models_videomae.ipynb #ef04e54b
 def _build(base:dict, **kw) -> VideoMAE: return VideoMAE(VideoMAEConfig(**{**base, **kw}))
 
-@register_model
+@register_model(config=VideoMAEConfig)
 def videomae_v2_s(**kw) -> VideoMAE:
     "ViT-S/16 VideoMAE V2 (dim 384, depth 12, heads 6), 16 × 224², as `vit_s_k710_dl_from_giant.pth`."
     return _build(dict(dim=384, depth=12, heads=6), **kw)
 
-@register_model
+@register_model(config=VideoMAEConfig)
 def videomae_v2_b(**kw) -> VideoMAE:
     "ViT-B/16 VideoMAE V2 (dim 768, depth 12, heads 12), 16 × 224², as `vit_b_k710_dl_from_giant.pth`."
     return _build(dict(dim=768, depth=12, heads=12), **kw)
 
-@register_model
+@register_model(config=VideoMAEConfig)
 def videomae_tiny(**kw) -> VideoMAE:
     "CPU-test size: 8 frames × 64², dim 96, depth 4, heads 3 (64 tokens)."
     return _build(dict(num_frames=8, img_size=64, dim=96, depth=4, heads=3), **kw)

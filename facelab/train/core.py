@@ -81,7 +81,10 @@ class FacelabLearner(Learner):
             for cb in self.cbs:
                 if hasattr(type(cb), 'fit_failed'): cb.fit_failed(e)
             raise
-        finally: self.first_epoch = 0
+        finally:
+            self.first_epoch = 0
+            ck = getattr(self, 'checkpointer', None)
+            if ck is not None: ck.resuming = False
     def _do_fit(self):
         for epoch in range(self.first_epoch, self.n_epoch):
             self.epoch = epoch
@@ -177,11 +180,12 @@ class CheckpointCallback(Callback):
                 ):
         self.run_dir, self.monitor, self.keep_best, self.config = Path(run_dir), monitor, keep_best, config
         self.comp = comp or (np.less if 'loss' in monitor or 'error' in monitor else np.greater)
-        self.pending, self.last_path, self.tracking = None, None, {}
+        self.pending, self.last_path, self.tracking, self.resuming = None, None, {}, False
 
     # resume ----------------------------------------------------------------------------------------
     def prepare_resume(self) -> int:
         "Find the newest usable checkpoint; it is restored at `before_fit`. Returns the epoch to start at."
+        self.resuming = True   # read by the MLflow callback: continue this folder's run (reset when the fit ends)
         path, ck = latest_checkpoint(self.run_dir)
         if ck is None: return 0
         self.pending, self.last_path, self.tracking = ck, path, dict(ck.get('tracking') or {})

@@ -35,15 +35,20 @@ def facesynth_root(names:Sequence[str], # FaceSynth dataset names, e.g. ['casme2
                    writer_kw:Mapping|None=None, # extra writer arguments per dataset, e.g. {'rafdb': {'n_train': 40}}
                   ) -> Path:
     "A folder holding `<name>/` for every requested FaceSynth dataset, written once and reused."
+    import hashlib
     from facelab.synth.cli import synth, get_writer
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"FaceSynth names must be a list of dataset names, got {names!r}")
     for n in names: get_writer(n)    # unknown names fail before anything is written
+    for k, v, none_ok in (('subjects', subjects, True), ('seed', seed, False), ('size', size, True)):
+        if not ((v is None and none_ok) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
+            raise TypeError(f"FaceSynth {k} must be a non-negative integer{' or None' if none_ok else ''}, got {v!r}")
     cache = Path(cache) if cache else artifacts_root()/'cache'/'facesynth'
     # only the requested datasets' arguments count, so a config listing more datasets shares the cache
     wkw = {n: dict(v) for n, v in sorted(dict(writer_kw or {}).items()) if n in names and v}
-    key = f"{'+'.join(sorted(names))}-subj{subjects}-seed{seed}-px{size}-v{facelab.__version__}"
-    if wkw:
-        import hashlib
-        key += '-w' + hashlib.sha1(json.dumps(wkw, sort_keys=True).encode()).hexdigest()[:8]
+    # the folder name is a hash of the values: no config value ever becomes part of a path
+    args = {'names': sorted(names), 'subjects': subjects, 'seed': seed, 'size': size, 'writer_kw': wkw, 'v': facelab.__version__}
+    key = f"{'+'.join(sorted(names))}-" + hashlib.sha1(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cache/key
     if (root/'.complete').exists(): return root
     with _lock(cache/f'.{key}.lock'):
@@ -91,11 +96,15 @@ class TrainRun:
                  overrides:Mapping|None=None, # notebook parameters merged on top (None values are ignored); dotted keys allowed
                  seed:int=0,
                  default_config:str|None=None, # file name under configs/, e.g. 'micro_videomae_tiny.yaml'
+                 resume:bool=False, # continue the run in `out_dir` (same config and seed), see `fit_warmup_cosine(resume=True)`
                 ):
         from facelab.runs import runs_root, new_run_id
-        self.task, self.seed, self.t0 = task, seed, time.time()
+        from facelab.train.config import validate_config, SCHEMAS
+        self.task, self.seed, self.t0, self.resume = task, seed, time.time(), bool(resume)
+        if resume and not out_dir: raise ValueError("resume=True needs the run folder to continue (out_dir)")
         self.dir = Path(out_dir) if out_dir else runs_root()/task/new_run_id()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if resume and not (self.dir/'config.yaml').exists():
+            raise FileNotFoundError(f"{self.dir}: not a started run (no config.yaml): nothing to resume")
         self.run_id = self.dir.name
         if config is None:
             if default_config is None: raise ValueError("give a config file (or dict), or default_config")
@@ -107,13 +116,35 @@ class TrainRun:
             node = self.cfg
             for h in head: node = node.setdefault(h, Config())
             node[last] = v
+        if task in SCHEMAS: validate_config(self.cfg, task, getattr(self.cfg, 'source', None) or 'config')
+        self.dir.mkdir(parents=True, exist_ok=True)    # only once the config is valid
+        self._hold_lock()
         seed_everything(seed)
-        (self.dir/'config.yaml').write_text(yaml.safe_dump(to_jsonable(self.cfg.to_dict()), sort_keys=False))
+        text = yaml.safe_dump(to_jsonable(self.cfg.to_dict()), sort_keys=False)
+        if resume:
+            old = json.loads((self.dir/'params.json').read_text()) if (self.dir/'params.json').exists() else {}
+            if (self.dir/'config.yaml').read_text() != text or old.get('seed', seed) != seed:
+                raise ValueError(f"{self.dir}: this run was started with another config or seed (see its config.yaml and "
+                                 "params.json); resume it with the parameters it was started with")
+        (self.dir/'config.yaml').write_text(text)
         (self.dir/'params.json').write_text(json.dumps(to_jsonable({'task': task, 'seed': seed, 'run_id': self.run_id,
             'config_source': str(getattr(self.cfg, 'source', None) or ''), 'overrides': dict(overrides or {})}), indent=2))
         self.mlflow_run_id = None
 
     def __repr__(self): return f"TrainRun({self.task!r}, {str(self.dir)!r})"
+
+    def _hold_lock(self):
+        "Hold an exclusive lock on the run folder until `finish` (or the process ends): one process per run folder."
+        import fcntl
+        self._lock = open(self.dir/'.run.lock', 'a+')
+        try: fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close(); self._lock = None
+            raise RuntimeError(f"{self.dir}: another process is running this run; wait for it to end (or stop it) first") from None
+
+    def release(self):
+        "Release the run folder's lock (done by `finish`)."
+        if getattr(self, '_lock', None) is not None: self._lock.close(); self._lock = None
 
     def learner_cfg(self, stage:str='train', **extra) -> dict:
         "Config for `make_learner`: the `train` section plus this run's folder, name and MLflow experiment."
@@ -158,6 +189,7 @@ class TrainRun:
         tmp = self.dir/'.metrics.json.tmp'
         tmp.write_text(json.dumps(to_jsonable(out), indent=2, allow_nan=False))
         os.replace(tmp, self.dir/'metrics.json')
+        self.release()
         return out
 
     def _log_mlflow(self, metrics:Mapping, run_id:str|None) -> str|None:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/24_train_save.ipynb #9f1485a3
 from __future__ import annotations
-import os, tempfile
+import os, tempfile, warnings
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from ..models import create_model
+from ..integrity import WEIGHTS_SHA256_KEY, state_dict_sha256, strict_integrity
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'to_plain', 'atomic_save', 'safe_load', 'model_config', 'build_model', 'save_model', 'load_model']
+__all__ = ['MODEL_FORMAT', 'to_plain', 'atomic_save', 'safe_load', 'model_config', 'build_model', 'save_model', 'verify_weights',
+           'load_model']
 
 # %% ../../nbs/24_train_save.ipynb #c65c5742
 def to_plain(o:Any) -> Any:
@@ -66,12 +68,18 @@ def model_config(name:str, **kwargs) -> dict:
     "A model config: the registered builder's name and its keyword arguments."
     return {'name': name, 'kwargs': to_plain(kwargs)}
 
-def build_model(config:Mapping) -> nn.Module:
-    "Build a model from its config alone, via `facelab.models.create_model`."
+def build_model(config:Mapping,
+                source:str='model config', # where the config came from (a file), named in errors
+               ) -> nn.Module:
+    "Build a model from its config alone, via `facelab.models.create_model` (which refuses unknown names and kwargs)."
     if not isinstance(config, Mapping) or 'name' not in config:
-        raise ValueError(f"a model config needs a 'name' key, got {config!r:.120}")
-    model = create_model(config['name'], **dict(config.get('kwargs') or {}))
-    model.facelab_config = {'name': config['name'], 'kwargs': dict(config.get('kwargs') or {})}
+        raise ValueError(f"{source}: a model config needs a 'name' key, got {config!r:.120}")
+    extra = sorted(set(config) - {'name', 'kwargs'})
+    if extra: raise ValueError(f"{source}: unknown model config keys {extra}; a model config has only 'name' and 'kwargs'")
+    kwargs = config.get('kwargs') or {}
+    if not isinstance(kwargs, Mapping): raise ValueError(f"{source}: model kwargs must be a mapping, got {type(kwargs).__name__}")
+    model = create_model(config['name'], _source=str(source), **dict(kwargs))
+    model.facelab_config = {'name': config['name'], 'kwargs': dict(kwargs)}
     return model
 
 def _unwrap(model:nn.Module) -> nn.Module:
@@ -81,20 +89,39 @@ def save_model(model:nn.Module, path:str|Path,
                config:Mapping|None=None, # model config; default `model.facelab_config`
                meta:Mapping|None=None, # extra plain data, e.g. label names, normalisation, run id
               ) -> Path:
-    "Save `{format, config, state_dict, meta}` atomically."
+    "Save `{format, config, state_dict, meta, weights_sha256}` atomically."
     model = _unwrap(model)
     config = config if config is not None else getattr(model, 'facelab_config', None)
     if config is None: raise ValueError("model has no facelab_config; build it with build_model or pass config=")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return atomic_save({'format': MODEL_FORMAT, 'config': to_plain(dict(config)), 'state_dict': sd,
-                        'meta': to_plain(dict(meta or {}))}, path)
+                        'meta': to_plain(dict(meta or {})), WEIGHTS_SHA256_KEY: state_dict_sha256(sd)}, path)
 
-def load_model(path:str|Path, map_location='cpu', strict:bool=True) -> nn.Module:
-    "Rebuild a saved model from its config and load its weights (`weights_only=True`)."
+def verify_weights(d:Mapping, path, require_hash:bool|None=None) -> str|None:
+    "Check a loaded model file's state_dict against its recorded `weights_sha256`; a `ValueError` naming `path` on mismatch."
+    sd = d.get('state_dict')
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: 'state_dict' is not a mapping of tensors")
+    rec = d.get(WEIGHTS_SHA256_KEY)
+    if rec is None:
+        msg = f"{path}: no {WEIGHTS_SHA256_KEY!r} recorded (written before facelab hashed weights), so its weights cannot be verified"
+        if strict_integrity(require_hash): raise ValueError(msg + '; re-save it with save_model')
+        warnings.warn(msg, stacklevel=3); return None
+    got = state_dict_sha256(sd)
+    if got != rec:
+        raise ValueError(f"{path}: weights do not match the {WEIGHTS_SHA256_KEY} recorded in the file "
+                         f"(recorded {str(rec)[:12]}..., found {got[:12]}...): the file is corrupt or was modified")
+    return got
+
+def load_model(path:str|Path, map_location='cpu', strict:bool=True,
+               require_hash:bool|None=None, # refuse a file without a weight hash (None: env FACELAB_STRICT_INTEGRITY)
+              ) -> nn.Module:
+    "Rebuild a saved model from its (checked) config and load its (verified) weights, `weights_only=True`."
     d = safe_load(path, map_location)
     if not isinstance(d, dict) or d.get('format') != MODEL_FORMAT:
         raise ValueError(f"{path}: not a facelab model file (format {d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
-    model = build_model(d['config'])
+    verify_weights(d, path, require_hash)
+    model = build_model(d.get('config'), source=str(path))
     try: model.load_state_dict(d['state_dict'], strict=strict)
     except RuntimeError as e: raise ValueError(f"{path}: weights do not fit the model built from its config: {e}") from None
     model.facelab_meta = d.get('meta', {})

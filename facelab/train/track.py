@@ -4,7 +4,7 @@
 
 # %% ../../nbs/24_train_track.ipynb #03662312
 from __future__ import annotations
-import math, os, time
+import math, os, time, warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -18,7 +18,7 @@ from ..core import artifacts_root, mlflow_uri
 from .save import save_model, to_plain
 
 # %% auto #0
-__all__ = ['flatten_config', 'mlflow_experiment', 'MLflowCallback', 'wandb_callback']
+__all__ = ['RUN_ID_FILE', 'flatten_config', 'ensure_store', 'mlflow_experiment', 'MLflowCallback', 'wandb_callback']
 
 # %% ../../nbs/24_train_track.ipynb #5c5e2fac
 def flatten_config(d:Mapping, prefix:str='') -> dict:
@@ -30,9 +30,38 @@ def flatten_config(d:Mapping, prefix:str='') -> dict:
         else: out[key] = str(v)[:500]
     return out
 
+_STORES_READY = set()
+
+def ensure_store(uri:str|None=None, # tracking URI (default `facelab.core.mlflow_uri()`)
+                ) -> str:
+    "Create (and migrate) the MLflow store once per process, under an exclusive file lock beside an sqlite store."
+    import fcntl, mlflow
+    uri = uri or mlflow_uri()
+    if uri in _STORES_READY: return uri
+    if uri.startswith('sqlite:///'):
+        # a fresh sqlite store is created by running alembic migrations: two processes doing it at once fail
+        db = Path(uri[len('sqlite:///'):]); db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.parent/f'.{db.name}.lock', 'w') as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try: mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            finally: fcntl.flock(f, fcntl.LOCK_UN)
+    _STORES_READY.add(uri)
+    return uri
+
 def _mlflow_client(uri:str|None=None):
     import mlflow
-    return mlflow.MlflowClient(tracking_uri=uri or mlflow_uri())
+    return mlflow.MlflowClient(tracking_uri=ensure_store(uri))
+
+RUN_ID_FILE = 'mlflow_run_id'   # in a checkpoint folder: the MLflow run a resumed fit continues
+
+def _read_run_id(run_dir) -> str|None:
+    p = Path(run_dir)/RUN_ID_FILE
+    try: return p.read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError): return None
+
+def _write_run_id(run_dir, run_id:str):
+    d = Path(run_dir); d.mkdir(parents=True, exist_ok=True)
+    tmp = d/f'.{RUN_ID_FILE}.tmp'; tmp.write_text(run_id); os.replace(tmp, d/RUN_ID_FILE)
 
 def mlflow_experiment(name:str, uri:str|None=None) -> str:
     "Id of MLflow experiment `name`, created if needed (artefacts beside an sqlite store, not in the cwd)."
@@ -59,20 +88,59 @@ class MLflowCallback(Callback):
         self.uri = self.tracking_uri or mlflow_uri()
         self.client = _mlflow_client(self.uri)
         ck = getattr(self.learn, 'checkpointer', None)
-        resumed = (ck.tracking.get('mlflow_run_id') if ck is not None else None) or self.run_id
+        # a resumed fit continues the run of its checkpoint, or (killed before the first checkpoint) of its folder
+        resuming = ck is not None and bool(ck.__dict__.get('resuming'))
+        resumed = ((ck.tracking.get('mlflow_run_id') or _read_run_id(ck.run_dir)) if resuming else None) or self.run_id
+        if resumed and not self._exists(resumed):
+            warnings.warn(f"MLflow run {resumed} is not in {self.uri}: a new run is started"); resumed = None
         if resumed:
             self.run_id = resumed
             self.client.update_run(self.run_id, status='RUNNING')
         else:
             tags = dict(self.tags or {})
             if self.parent_run_id: tags['mlflow.parentRunId'] = self.parent_run_id
+            if ck is not None: tags['facelab.checkpoint_dir'] = str(Path(ck.run_dir).absolute())
             run = self.client.create_run(mlflow_experiment(self.experiment, self.uri), run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
             from mlflow.entities import Param
             ps = flatten_config(self.params or {})
             if ps: self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in ps.items()])
-        if ck is not None: ck.tracking['mlflow_run_id'] = self.run_id
+        if ck is not None:
+            ck.tracking['mlflow_run_id'] = self.run_id
+            _write_run_id(ck.run_dir, self.run_id)   # before the first checkpoint, so a kill leaves no orphan run
         self.learn.mlflow_run_id = self.run_id
+        self.backfilled, self.closed = [], []
+        if resuming:
+            self.backfilled = self._backfill()
+            self.closed = self._close_orphans(ck.run_dir)
+
+    def _exists(self, run_id:str) -> bool:
+        try: self.client.get_run(run_id); return True
+        except Exception: return False
+
+    def _backfill(self) -> list:
+        "Log the restored epochs that MLflow lacks (a kill between the checkpoint and the MLflow log); returns them."
+        from mlflow.entities import Metric
+        names, now, ms = self.recorder.metric_names[1:], int(time.time() * 1000), []
+        for j, n in enumerate(names):
+            if n == 'time': continue
+            have = {m.step for m in self.client.get_metric_history(self.run_id, n)}
+            ms += [Metric(n, float(v[j]), now, e) for e, v in enumerate(self.recorder.values)
+                   if e not in have and j < len(v) and isinstance(v[j], (int, float, np.floating)) and math.isfinite(v[j])]
+        for i in range(0, len(ms), 900): self.client.log_batch(self.run_id, metrics=ms[i:i+900])
+        epochs = sorted({m.step for m in ms})
+        if epochs: self.client.set_tag(self.run_id, 'facelab.backfilled_epochs', ','.join(map(str, epochs)))
+        return epochs
+
+    def _close_orphans(self, run_dir) -> list:
+        "Mark KILLED every other RUNNING run of this checkpoint folder (killed runs that are not continued)."
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        d, out = str(Path(run_dir).absolute()), []
+        for r in self.client.search_runs([exp], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+            if r.info.run_id != self.run_id and r.data.tags.get('facelab.checkpoint_dir') == d:
+                self.client.set_tag(r.info.run_id, 'error', f'killed; the run folder was resumed by MLflow run {self.run_id}')
+                self.client.set_terminated(r.info.run_id, 'KILLED'); out.append(r.info.run_id)
+        return out
 
     def after_epoch(self):
         from mlflow.entities import Metric

@@ -1,0 +1,61 @@
+# ONNX Runtime for the facelab engines: the imported target facelab::onnxruntime.
+#  1. ONNXRUNTIME_ROOT (cache variable or environment): an official release layout, include/ and lib/.
+#  2. Otherwise the shared library of the onnxruntime wheel in the venv (Python3_EXECUTABLE) and the C/C++ headers of
+#     the npm package com.github.asus4.onnxruntime@0.4.9 (ORT API 29), `npm pack`-ed once into ORT_HEADERS_CACHE.
+set(ONNXRUNTIME_ROOT "$ENV{ONNXRUNTIME_ROOT}" CACHE PATH "ONNX Runtime release folder (include/, lib/); empty: the venv wheel")
+set(ORT_NPM_PACKAGE "com.github.asus4.onnxruntime@0.4.9" CACHE STRING "npm package whose headers are used with the wheel")
+set(ORT_HEADERS_CACHE "$ENV{HOME}/.cache/facelab/ort-headers" CACHE PATH "where the npm headers are unpacked")
+
+if(ONNXRUNTIME_ROOT)
+  find_path(ORT_INCLUDE_DIR onnxruntime_cxx_api.h PATHS "${ONNXRUNTIME_ROOT}/include"
+            "${ONNXRUNTIME_ROOT}/include/onnxruntime" "${ONNXRUNTIME_ROOT}/include/onnxruntime/core/session" NO_DEFAULT_PATH)
+  find_library(ORT_LIBRARY onnxruntime PATHS "${ONNXRUNTIME_ROOT}/lib" "${ONNXRUNTIME_ROOT}/lib64" NO_DEFAULT_PATH)
+  if(NOT ORT_INCLUDE_DIR OR NOT ORT_LIBRARY)
+    message(FATAL_ERROR "ONNXRUNTIME_ROOT=${ONNXRUNTIME_ROOT} has no include/onnxruntime_cxx_api.h or lib/libonnxruntime.so")
+  endif()
+else()
+  if(NOT Python3_EXECUTABLE)
+    set(Python3_EXECUTABLE "${CMAKE_CURRENT_SOURCE_DIR}/../.venv/bin/python")
+  endif()
+  execute_process(COMMAND "${Python3_EXECUTABLE}" -c "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))"
+                  OUTPUT_VARIABLE ORT_CAPI OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "onnxruntime is not importable by ${Python3_EXECUTABLE}: run `make setup`, or set ONNXRUNTIME_ROOT")
+  endif()
+  file(GLOB ORT_LIBRARY "${ORT_CAPI}/libonnxruntime.so.1.*")
+  list(FILTER ORT_LIBRARY EXCLUDE REGEX "\\.dbg$")
+  list(GET ORT_LIBRARY 0 ORT_LIBRARY)
+  if(NOT EXISTS "${ORT_LIBRARY}")
+    message(FATAL_ERROR "no libonnxruntime.so.1.* in ${ORT_CAPI}")
+  endif()
+  set(ORT_HDR_SUB "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers")
+  set(ORT_INCLUDE_DIR "${ORT_HEADERS_CACHE}/${ORT_HDR_SUB}")
+  if(NOT EXISTS "${ORT_INCLUDE_DIR}/onnxruntime_cxx_api.h")
+    find_program(NPM npm)
+    if(NOT NPM)
+      message(FATAL_ERROR "npm is needed once to fetch the ONNX Runtime headers (${ORT_NPM_PACKAGE}); install npm or set ONNXRUNTIME_ROOT")
+    endif()
+    file(MAKE_DIRECTORY "${ORT_HEADERS_CACHE}")
+    message(STATUS "fetching ONNX Runtime headers: npm pack ${ORT_NPM_PACKAGE} -> ${ORT_HEADERS_CACHE}")
+    execute_process(COMMAND "${NPM}" pack "${ORT_NPM_PACKAGE}" WORKING_DIRECTORY "${ORT_HEADERS_CACHE}"
+                    OUTPUT_VARIABLE tgz OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_VARIABLE npm_err RESULT_VARIABLE rc)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "npm pack ${ORT_NPM_PACKAGE} failed:\n${npm_err}\nSet ONNXRUNTIME_ROOT to an ONNX Runtime release instead")
+    endif()
+    string(REGEX REPLACE ".*\n" "" tgz "${tgz}")
+    execute_process(COMMAND ${CMAKE_COMMAND} -E tar xzf "${tgz}" WORKING_DIRECTORY "${ORT_HEADERS_CACHE}" RESULT_VARIABLE rc)
+    if(NOT rc EQUAL 0 OR NOT EXISTS "${ORT_INCLUDE_DIR}/onnxruntime_cxx_api.h")
+      message(FATAL_ERROR "unpacking ${ORT_HEADERS_CACHE}/${tgz} gave no onnxruntime_cxx_api.h")
+    endif()
+  endif()
+endif()
+message(STATUS "ONNX Runtime: ${ORT_LIBRARY} with headers ${ORT_INCLUDE_DIR}")
+# the wheel ships libonnxruntime.so.1.x.y only, while its SONAME is libonnxruntime.so.1: link through a symlink of that
+# name in the build tree, which is also the run path of every binary.
+set(ORT_LINK_DIR "${CMAKE_BINARY_DIR}/ort-lib")
+file(MAKE_DIRECTORY "${ORT_LINK_DIR}")
+file(CREATE_LINK "${ORT_LIBRARY}" "${ORT_LINK_DIR}/libonnxruntime.so.1" SYMBOLIC)
+file(CREATE_LINK "${ORT_LIBRARY}" "${ORT_LINK_DIR}/libonnxruntime.so" SYMBOLIC)
+add_library(facelab::onnxruntime SHARED IMPORTED)
+set_target_properties(facelab::onnxruntime PROPERTIES IMPORTED_LOCATION "${ORT_LINK_DIR}/libonnxruntime.so.1"
+                      INTERFACE_INCLUDE_DIRECTORIES "${ORT_INCLUDE_DIR}")
