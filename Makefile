@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## create .venv, install facelab[dev] editable, register the python3 kernel
 
 # npm (the ONNX Runtime headers, fetched once into ~/.cache/facelab; not needed with ONNXRUNTIME_ROOT) is checked by cmake
-CPP_DEBS := libopencv-dev nlohmann-json3-dev libssl-dev
+CPP_DEBS := libopencv-dev nlohmann-json3-dev libssl-dev libdlib-dev libdlib-data libblas-dev liblapack-dev
 CPP_TOOLS := cmake:cmake g++:g++
 
 cpp-deps:  ## install the C++ build's Debian packages when missing (as root), else say which to install
@@ -50,7 +50,7 @@ nbtest: setup  ## run every notebook as a test (cells marked slow are skipped)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: setup  ## pytest tests/ (exit 5, "no tests collected", is not a failure)
-	$(BIN)/pytest -q tests/ ; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(BIN)/pytest -q --durations=25 tests/ ; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 ctest: cpp  ## C++ tests: golden outputs, FrameBuffer, reloads, stress (also under TSan and ASan builds)
 	@if [ -f $(BUILD)/CTestTestfile.cmake ]; then ctest --test-dir $(BUILD) --output-on-failure; \

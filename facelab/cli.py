@@ -24,6 +24,10 @@ SUBCOMMAND_MODULES = {
     'face':    'facelab.face.cli',
     'registry': 'facelab.registry',
     'serve-config': 'facelab.serve_config',
+    'jobs':    'facelab.jobs',
+    'pipeline': 'facelab.pipeline',
+    'selftrain': 'facelab.selftrain',
+    'clean':   'facelab.retention',
 }
 
 # %% ../nbs/49_cli.ipynb #0e09d844

@@ -13,13 +13,15 @@ import numpy as np
 from .core import data_root, EMOTION7, DEPLOY_AUS, au_name
 
 # %% auto #0
-__all__ = ['GOLDEN_VERSION', 'GOLDEN_SPECS', 'GOLDEN_FILES', 'GATE_DEFAULTS', 'golden_dir', 'make_golden', 'golden_set',
-           'golden_inputs', 'golden_scores', 'check_candidate']
+__all__ = ['GOLDEN_VERSION', 'GOLDEN_SPECS', 'VIDEO_TASKS', 'GOLDEN_FILES', 'GATE_DEFAULTS', 'golden_dir', 'make_golden',
+           'golden_set', 'golden_inputs', 'golden_scores', 'check_candidate']
 
 # %% ../nbs/44_gates.ipynb #acc9d406
 GOLDEN_VERSION = 1
 #: task -> (number of faces, seed); faces cycle through the classes, so each of the 7 emotions has n/7
-GOLDEN_SPECS = {'macro': dict(n=140, seed=9001), 'au': dict(n=140, seed=9002)}
+GOLDEN_SPECS = {'macro': dict(n=140, seed=9001), 'au': dict(n=140, seed=9002),
+                'micro': dict(seed=9003), 'spotting': dict(seed=9004)}   # video tasks: sizes in facelab.gates_video.VIDEO_SPECS
+VIDEO_TASKS = ('micro', 'spotting')
 GOLDEN_FILES = ('images.npy', 'labels.npy', 'labels.csv')
 
 def golden_dir(task:str, root=None) -> Path:
@@ -42,6 +44,10 @@ def make_golden(task:str, out, n:int|None=None, seed:int|None=None) -> dict:
     spec = {**GOLDEN_SPECS[task], **({'n': n} if n else {}), **({'seed': seed} if seed is not None else {})}
     rng, out = np.random.default_rng(spec['seed']), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if task in VIDEO_TASKS:
+        from facelab.gates_video import make_golden_video, VIDEO_FILES
+        vspec, extra = make_golden_video(task, out, spec['seed'], spec.get('n'))
+        return _manifest(out, task, {'seed': spec['seed'], **vspec}, extra, VIDEO_FILES[task])
     imgs, emos, aus_on = [], [], []
     for i in range(spec['n']):
         emo = str(EMOTION7[i % len(EMOTION7)])
@@ -55,9 +61,12 @@ def make_golden(task:str, out, n:int|None=None, seed:int|None=None) -> dict:
     cols = {'label': [str(EMOTION7[e]) for e in emos]} if task == 'macro' else \
            {au_name(a): labels[:, j] for j, a in enumerate(DEPLOY_AUS)}
     pd.DataFrame({'index': range(spec['n']), **cols}).to_csv(out/'labels.csv', index=False, lineterminator='\n')
-    files = {f: _sha(out/f) for f in GOLDEN_FILES}
-    man = {'task': task, 'version': GOLDEN_VERSION, **spec, 'generator': 'FaceSynth render_face + align_face, intensity 0.7-1',
-           'classes': list(map(str, EMOTION7)) if task == 'macro' else [au_name(a) for a in DEPLOY_AUS],
+    return _manifest(out, task, spec, {'generator': 'FaceSynth render_face + align_face, intensity 0.7-1',
+                     'classes': list(map(str, EMOTION7)) if task == 'macro' else [au_name(a) for a in DEPLOY_AUS]}, GOLDEN_FILES)
+
+def _manifest(out:Path, task:str, spec:dict, extra:dict, names) -> dict:
+    files = {f: _sha(out/f) for f in names}
+    man = {'task': task, 'version': GOLDEN_VERSION, **spec, **extra,
            'files': files, 'hash': hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
     (out/'manifest.json').write_text(json.dumps(man, indent=2))
     return man
@@ -82,6 +91,9 @@ def golden_set(task:str, root=None) -> dict:
         if not (d/f).is_file(): raise FileNotFoundError(f"golden set {task}: {d/f} missing (delete {d} to regenerate it)")
         if _sha(d/f) != sha: raise ValueError(f"golden set {task}: {d/f} does not match its sha256 in {d/'manifest.json'} "
                                               f"(delete {d} to regenerate it from seed {man['seed']})")
+    if task in VIDEO_TASKS:
+        from facelab.gates_video import load_golden_video
+        return {**load_golden_video(task, d, man), 'manifest': man, 'dir': d}
     return {'images': np.load(d/'images.npy'), 'labels': np.load(d/'labels.npy'), 'manifest': man, 'dir': d}
 
 # %% ../nbs/44_gates.ipynb #a2dc1f8c
@@ -95,7 +107,13 @@ def golden_inputs(onnx_path, images:np.ndarray) -> np.ndarray:
     return _normalise(imgs, meta['mean'], meta['std'], meta.get('color_order', 'RGB')).numpy()
 
 def golden_scores(task:str, onnx_path, golden:dict) -> dict:
-    "Predictions and scores of a model on a golden set: accuracy and per-class accuracy (macro), per-AU F1 (au)."
+    "Predictions and scores of a model on a golden set: accuracy and per-class accuracy (macro), per-AU F1 (au), UF1 and per-class recall (micro), spotting recall (spotting)."
+    from facelab.export import read_metadata
+    got = read_metadata(onnx_path).get('task')
+    if got != task: raise ValueError(f"{onnx_path}: its metadata says task {got!r}, not {task!r}")
+    if task in VIDEO_TASKS:
+        from facelab.gates_video import video_scores
+        return video_scores(task, onnx_path, golden)
     from facelab.export import read_metadata
     from facelab.export_quant import onnx_predict
     from facelab.evaluate import au_f1
@@ -116,13 +134,28 @@ def golden_scores(task:str, onnx_path, golden:dict) -> dict:
 GATE_DEFAULTS = {
     'macro': dict(min_score=0.7, min_class=0.5, max_regression=0.02, min_agreement=0.8, max_class_drop=0.1, max_latency_ratio=1.5),
     'au': dict(min_score=0.5, min_class=0.3, max_regression=0.02, min_agreement=0.8, max_class_drop=0.1, max_latency_ratio=1.5),
+    'micro': dict(min_score=0.6, min_class=0.4, max_regression=0.02, min_agreement=0.8, max_class_drop=0.1, max_latency_ratio=1.5),
+    'spotting': dict(min_score=0.6, min_class=0.4, max_regression=0.05, min_agreement=0.7, max_class_drop=0.15, max_latency_ratio=1.5),
 }
+_WHAT = {'macro': 'accuracy', 'au': 'F1', 'micro': 'recall', 'spotting': 'recall'}
 
 def _latency_ratio(cand, prod, x:np.ndarray) -> dict:
     from facelab.export_quant import compare_latency
     lat = compare_latency({'candidate': cand, 'production': prod}, x[:1], warmup=5, runs=30, threads=1)
     return {'candidate_p50_ms': lat['candidate']['p50_ms'], 'production_p50_ms': lat['production']['p50_ms'],
             'ratio': lat['candidate']['p50_ms'] / max(lat['production']['p50_ms'], 1e-9)}
+
+def _agreement(task, c, p) -> float:
+    if task in VIDEO_TASKS:
+        from facelab.gates_video import agreement
+        return agreement(task, c, p)
+    return float((c['pred'] == p['pred']).all(1).mean() if c['pred'].ndim > 1 else (c['pred'] == p['pred']).mean())
+
+def _one_input(task, onnx_path, g) -> np.ndarray:
+    if task in VIDEO_TASKS:
+        from facelab.gates_video import latency_input
+        return latency_input(task, onnx_path, g)
+    return golden_inputs(onnx_path, g['images'][:1])
 
 def check_candidate(task:str, candidate, # candidate ONNX file
                     production=None, # production ONNX file (None: no production yet, golden gate only)
@@ -142,9 +175,9 @@ def check_candidate(task:str, candidate, # candidate ONNX file
         if isinstance(v, bool) or not isinstance(v, (int, float)): raise ValueError(f"gate setting {k}: {v!r} is not a number")
     g = golden_set(task, root)
     c = golden_scores(task, candidate, g)
-    rep.update(thresholds=th, golden={'version': GOLDEN_VERSION, 'hash': g['manifest']['hash'], 'n': len(g['labels'])},
-               candidate={k: c[k] for k in ('score', 'score_name', 'per_class')})
-    what = 'accuracy' if task == 'macro' else 'F1'
+    rep.update(thresholds=th, golden={'version': GOLDEN_VERSION, 'hash': g['manifest']['hash'], 'n': g['manifest']['n']},
+               candidate={k: c[k] for k in ('score', 'score_name', 'per_class', 'f1', 'precision') if k in c})
+    what = _WHAT[task]
     check('golden_score', c['score'] >= th['min_score'], f"golden {c['score_name']} {c['score']:.3f} (min {th['min_score']})")
     for k, v in c['per_class'].items():
         if v < th['min_class']: check(f'golden_class:{k}', False, f"golden {what} of {k} {v:.3f} < {th['min_class']}")
@@ -153,16 +186,16 @@ def check_candidate(task:str, candidate, # candidate ONNX file
     p = None
     if production is not None:
         p = golden_scores(task, production, g)
-        rep['production'] = {k: p[k] for k in ('score', 'score_name', 'per_class')}
+        rep['production'] = {k: p[k] for k in ('score', 'score_name', 'per_class', 'f1', 'precision') if k in p}
         d = c['score'] - p['score']
         check('no_regression', d >= -th['max_regression'],
               f"{c['score_name']} {c['score']:.3f} vs production {p['score']:.3f} (delta {d:+.3f}, tolerance {th['max_regression']})")
-        agree = float((c['pred'] == p['pred']).all(1).mean() if c['pred'].ndim > 1 else (c['pred'] == p['pred']).mean())
+        agree = _agreement(task, c, p)
         check('agreement', agree >= th['min_agreement'], f"prediction agreement {agree:.3f} (min {th['min_agreement']})")
         deltas = {k: c['per_class'][k] - p['per_class'].get(k, 0.) for k in c['per_class']}
         for k, v in deltas.items():
             if v < -th['max_class_drop']: check(f'class_drop:{k}', False, f"{k} {what} dropped {v:+.3f} (tolerance {th['max_class_drop']})")
-        lat = _latency_ratio(candidate, production, golden_inputs(candidate, g['images'][:1]))
+        lat = _latency_ratio(candidate, production, _one_input(task, candidate, g))
         check('latency', lat['ratio'] <= th['max_latency_ratio'], f"latency ratio {lat['ratio']:.2f} "
               f"({lat['candidate_p50_ms']:.2f} / {lat['production_p50_ms']:.2f} ms p50; max {th['max_latency_ratio']})")
         rep['dual_track'] = {'agreement': agree, 'class_deltas': deltas, 'latency': lat}

@@ -12,8 +12,8 @@ from .core import mlflow_uri
 
 # %% auto #0
 __all__ = ['TASKS', 'ALIASES', 'HISTORY_TAG', 'check_name', 'model_name', 'safe_join', 'registry_client', 'registry_lock',
-           'git_revision', 'register', 'describe', 'list_versions', 'download', 'GateRefused', 'promote', 'rollback',
-           'deploy', 'register_run', 'add_cli']
+           'git_revision', 'register', 'describe', 'list_versions', 'download', 'GateRefused', 'promote_lock',
+           'promote', 'rollback', 'deploy', 'register_run', 'add_cli']
 
 # %% ../nbs/43_registry.ipynb #21ca27d4
 TASKS = ('macro', 'micro', 'au', 'spotting')
@@ -227,14 +227,31 @@ def _set_production(client, name:str, version:int, uri:str|None):
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(hist[-200:]))
         if _alias_version(client, name, 'staging') == version: client.delete_registered_model_alias(name, 'staging')
 
+@contextlib.contextmanager
+def promote_lock(task:str, uri:str|None=None):
+    "Exclusive lock of `task`'s promotions, held across gate + alias move: two `promote`s of one task run one after the other."
+    import fcntl
+    from facelab.core import artifacts_root
+    db = _sqlite_path(uri or mlflow_uri())
+    d = db.parent if db is not None else Path(artifacts_root())   # a tracking server: serialises promotions from this machine
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d/f'.{check_name(model_name(task))}.promote.lock', 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def promote(task:str, version:int,
             force:bool=False, # promote even when a check fails; recorded as tag `facelab.forced`
             thresholds:Mapping|None=None, # gate settings over `facelab.gates.GATE_DEFAULTS[task]`
             uri:str|None=None) -> dict:
     "Run the golden-set gate and the dual-track check against production; move `production` to `version` if they pass."
-    from facelab.gates import check_candidate
     name, client = model_name(task), registry_client(uri)
     info = describe(task, version, uri=uri)
+    with promote_lock(task, uri):   # production is read, gated against and moved by one promotion at a time
+        return _promote(task, name, client, info, int(version), force, thresholds, uri)
+
+def _promote(task, name, client, info, version, force, thresholds, uri) -> dict:
+    from facelab.gates import check_candidate
     prod = _alias_version(client, name, 'production')
     if prod == int(version): raise ValueError(f"{name} v{version} is already in production")
     with tempfile.TemporaryDirectory() as d:
@@ -257,7 +274,7 @@ def promote(task:str, version:int,
 def rollback(task:str, uri:str|None=None) -> dict:
     "Move `production` back to the version that was in production before the current one; returns {from, to}."
     name, client = model_name(task), registry_client(uri)
-    with registry_lock(uri):
+    with promote_lock(task, uri), registry_lock(uri):
         try: hist = _history(client, name)
         except Exception: raise ValueError(f"{name} is not registered") from None
         cur = _alias_version(client, name, 'production')

@@ -143,8 +143,12 @@ def train_folds(task:str, # usually 'micro'
                 params:Mapping|None=None, # shared papermill parameters
                 workers:int=1, # parallel notebook processes
                 echo=print,
+                backend:str|None=None, # None: this process's pool; 'local' or 'celery': jobs (`facelab.jobs`), tracked in MLflow
                ) -> dict:
     "Run one notebook per fold in parallel; finished folds are skipped, so an interrupted study resumes."
+    if backend:
+        from facelab.jobs import train_folds_jobs
+        return train_folds_jobs(task, folds, study_dir, params, backend=backend, workers=workers, echo=echo)
     study_dir = Path(study_dir); study_dir.mkdir(parents=True, exist_ok=True)
     todo, done = [], {}
     for f in folds:
@@ -366,7 +370,7 @@ def _cli_train(args) -> int:
                       f"people of their own (held-out accuracy {pre[1]['heldout_accuracy']})", flush=True)
         study = root/(args.study or 'loso')
         print(f'micro LOSO: {len(folds)} fold(s), {args.workers} worker(s) -> {study}', flush=True)
-        s = train_folds('micro', folds, study, params, workers=args.workers)
+        s = train_folds('micro', folds, study, params, workers=args.workers, backend=args.backend)
         print(f"finished folds: {s['folds']}" + (f"; failed: {s['failed']}" if s['failed'] else ''))
         if s['failed']: return 1
         if args.report:
@@ -397,6 +401,8 @@ def add_cli(sub):
     p.add_argument('--n-folds', type=int, help="number of LOSO folds when --folds all (default: the subjects in the data)")
     p.add_argument('--report', action='store_true', help='micro --folds: afterwards, run the study report notebook (pooled UF1/UAR, ensemble)')
     p.add_argument('--workers', type=int, default=1, help='parallel fold processes')
+    p.add_argument('--backend', choices=['local', 'celery'], default=None,
+                   help='micro --folds: run folds as jobs (facelab.jobs; celery needs FACELAB_BROKER_URL), tracked in MLflow')
     p.add_argument('--study', help='study folder name under the output root (micro folds), default loso')
     p.add_argument('--out', help='output root (default papermill_runs/<task>)')
     p.add_argument('-p', '--param', action='append', metavar='KEY=VALUE', help='extra notebook parameter (JSON value)')

@@ -144,3 +144,40 @@ def test_watch_config_live_apply(models, tmp_path):
     switched = next(i for i, r in enumerate(rows) if r['macro']['probs'] == ref['b'][i % len(src)])
     assert all(r['macro']['probs'] == ref['a'][i % len(src)] for i, r in enumerate(rows[:switched]))
     assert all(r['macro']['probs'] == ref['b'][i % len(src)] for i, r in enumerate(rows[switched:], switched))
+
+def test_run_face_front_end(models, tmp_path):
+    "Raw frames with a `face` section: dlib detection + alignment in C++ (FaceFrontEnd) finds the faces Python finds, "
+    "and the macro model sees the crop Python's front end makes (probabilities close: resize differs, OpenCV vs PIL)."
+    pytest.importorskip('dlib')
+    if not (BUILD/'tests'/'facelab_face_test').exists(): pytest.skip('the C++ build has no FaceFrontEnd (dlib not found by cmake)')
+    from facelab.face.detect import FaceDetector
+    from facelab.face.align import align_face
+    from facelab.synth.face import render_face, sample_identity, Appearance
+    import skimage.data
+    r = run(sys.executable, ROOT/'cpp'/'tools'/'face_templates.py', tmp_path/'templates.json')
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((models/'a.json').read_text())
+    cfg['face'] = {'detect': True, 'every': 1, 'templates': str(tmp_path/'templates.json'), 'template': 'macro'}
+    for k, m in cfg['models'].items(): m['path'] = str((models/m['path']).resolve()) if not Path(m['path']).is_absolute() else m['path']
+    (tmp_path/'face.json').write_text(json.dumps(cfg))
+    frames = tmp_path/'raw'; frames.mkdir()
+    imgs = [skimage.data.astronaut(), np.full((120, 160, 3), 90, np.uint8),
+            render_face(sample_identity(np.random.default_rng(3)), {}, size=320, appearance=Appearance(scale=0.5, offset=(0.15, -0.05))).image]
+    for i, im in enumerate(imgs): Image.fromarray(im).save(frames/f'{i:03d}.png')
+    r = run(RUN, '--config', tmp_path/'face.json', '--input', frames, '--out', tmp_path/'f.jsonl')
+    assert r.returncode == 0, r.stderr
+    rows = jsonl(tmp_path/'f.jsonl')[:-1]
+    assert len(rows) == 3 and rows[1]['face'] is None and 'macro' not in rows[1]
+    det, pred = FaceDetector('hog'), OnnxPredictor(models/'macro.onnx')
+    for i in (0, 2):
+        f = det(imgs[i])[0]
+        assert np.abs(np.array(rows[i]['face']['box']) - np.array(f.box)).max() <= 1, (rows[i]['face'], f.box)
+        crop = align_face(imgs[i], f.landmarks, 'macro')
+        Image.fromarray(crop).save(tmp_path/f'crop{i}.png')
+        ref = pred.predict_images([tmp_path/f'crop{i}.png']).iloc[0]
+        assert max(abs(p - ref[f'prob_{c}']) for c, p in rows[i]['macro']['probs'].items()) < 0.05
+        assert rows[i]['latency_ms']['face'] > 0
+    # a config asking for an unknown template is refused with the file named
+    cfg['face']['template'] = 'nope'; (tmp_path/'bad.json').write_text(json.dumps(cfg))
+    r = run(RUN, '--config', tmp_path/'bad.json', '--input', frames)
+    assert r.returncode == 2 and "unknown alignment template 'nope'" in r.stderr and "bad.json" in r.stderr

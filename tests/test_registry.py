@@ -3,7 +3,9 @@
 Three POSTER++-tiny macro models are trained in-process on FaceSynth faces (48 px): A, B (A trained further on more
 faces: better) and S (trained on shuffled labels). The gate must promote A and then B, refuse S and leave production
 alone; rollback, atomic deploy (SIGKILL and an injected fault mid-deploy), concurrent registration (4 processes,
-sqlite) and registration through a local `mlflow server` are checked on the same registry code.
+sqlite) and registration through a local `mlflow server` are checked on the same registry code. Two concurrent
+promotions of one task are serialised. The micro (MEGC3 clips), spotting (long videos) and AU golden-set gates are
+checked with tiny models trained in-process: the trained one passes, the one trained on shuffled labels is refused.
 """
 import copy, json, os, signal, socket, subprocess, sys, textwrap, time
 from pathlib import Path
@@ -298,3 +300,165 @@ def test_bad_gate_settings_are_refused(store, capsys):
     (store/'bad_gates.yaml').write_text('- 1\n- 2\n')
     p = cli(capsys, 'registry', 'promote', '--task', 'macro', '--version', 1, '--gates', store/'bad_gates.yaml')
     assert p.returncode == 2 and 'gate settings must map names to numbers' in p.stderr, p.stderr
+
+
+PROMOTE = textwrap.dedent('''
+    import json, sys
+    from facelab.registry import promote
+    r = promote('macro', int(sys.argv[1]), thresholds=json.loads(sys.argv[2]))
+    print(json.dumps({'version': r['version'], 'previous': r['previous'], 'passed': r['gate']['passed']}), flush=True)
+''')
+
+
+def test_concurrent_promotions_are_serialised(tmp_path, models):
+    "Two processes promoting v2 and v3 at once: the lock makes the second gate against (and follow) the first's result."
+    from facelab import registry as R
+    env = env_for(tmp_path)
+    mp = pytest.MonkeyPatch()
+    for k in ('FACELAB_ARTIFACTS', 'FACELAB_DATA'): mp.setenv(k, env[k])
+    try:
+        for m in ('A', 'B', 'B'): R.register('macro', models[m])
+        R.promote('macro', 1, thresholds=GATES)
+        # the golden set exists now, so both workers go straight to their gates
+        procs = [subprocess.Popen([sys.executable, '-c', PROMOTE, str(v), json.dumps(GATES)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for v in (2, 3)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        res = sorted((json.loads(o[0]) for o in outs), key=lambda r: r['previous'])
+        # unserialised, both would gate against v1 and report previous=1; serialised, the later one follows the earlier
+        assert res[0]['previous'] == 1 and res[1]['previous'] == res[0]['version'], res
+        assert all(r['passed'] for r in res)
+        assert R.describe('macro')['version'] == res[1]['version']
+        assert R._history(R.registry_client(), 'facelab-macro') == [1, res[0]['version'], res[1]['version']]
+        # a promotion waits while another holds the task's lock
+        with R.promote_lock('macro'):
+            p = subprocess.Popen([sys.executable, '-c', 'from facelab.registry import rollback; print(rollback("macro"))'],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            with pytest.raises(subprocess.TimeoutExpired): p.wait(timeout=15)
+            assert R.describe('macro')['version'] == res[1]['version']
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and f"'to': {res[0]['version']}" in out, (out, err)
+    finally: mp.undo()
+
+
+# tolerances for tiny video models on the small golden sets (chance: UF1 ~1/3; spotting recall ~0)
+MICRO_GATES = dict(min_score=0.5, min_class=0.3, max_regression=0.02, min_agreement=0.8, max_class_drop=0.1, max_latency_ratio=5.0)
+SPOT_GATES = dict(min_score=0.4, min_class=0.25, max_regression=0.05, min_agreement=0.7, max_class_drop=0.15, max_latency_ratio=5.0)
+
+
+class TinyMicro(torch.nn.Module):
+    "Apex-minus-onset frame difference through a 3-layer CNN: learns FaceSynth's MEGC3 micro-expressions in seconds."
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                               nn.MaxPool2d(2), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+    def forward(self, x): return self.c(4 * (x[:, x.shape[1] // 2:].mean(1) - x[:, 0]))
+
+
+def train_micro(X, y, epochs=40):
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    m = TinyMicro(); opt = torch.optim.AdamW(m.parameters(), 3e-3, weight_decay=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(X))
+        for i in range(0, len(X), 16):
+            idx = perm[i:i + 16]; xb = X[idx]
+            if torch.rand(1) < 0.5: xb = xb.flip(-1)
+            loss = F.cross_entropy(m(xb), y[idx]); opt.zero_grad(); loss.backward(); opt.step()
+    return m.eval()
+
+
+def test_micro_gate_promotes_trained_refuses_shuffled(tmp_path, capsys):
+    "MEGC3 micro clips: a tiny model trained on other FaceSynth people is promoted; one trained on shuffled labels is refused."
+    import torch.nn.functional as F
+    from facelab.core import MEGC3
+    from facelab.synth.clipset import expression_clips
+    from facelab.export import to_onnx
+    from facelab import registry as R
+    from facelab.gates import golden_set
+    torch.set_num_threads(1)
+    env = env_for(tmp_path)
+    mp = pytest.MonkeyPatch()
+    for k in ('FACELAB_ARTIFACTS', 'FACELAB_DATA'): mp.setenv(k, env[k])
+    try:
+        cs = expression_clips('micro', MEGC3, subjects=12, per_class=4, seed=500, n_frames=8, render=96, size=64)
+        g = golden_set('micro')
+        import pandas as pd
+        assert not set(cs.subjects) & set(pd.read_csv(g['dir']/'labels.csv').subject)   # other people
+        X = F.avg_pool3d(cs.tensor().transpose(1, 2), (1, 2, 2)).transpose(1, 2).contiguous()   # 32 px
+        y = torch.from_numpy(cs.labels)
+        good = to_onnx(train_micro(X, y), 'micro', tmp_path/'good.onnx', input_shape=(1, 8, 3, 32, 32), n_parity=2).path
+        shuf = to_onnx(train_micro(X, y[torch.from_numpy(np.random.default_rng(5).permutation(len(y)))]), 'micro',
+                       tmp_path/'shuf.onnx', input_shape=(1, 8, 3, 32, 32), n_parity=2).path
+        assert R.register('micro', good)['version'] == 1 and R.register('micro', shuf)['version'] == 2
+        r = R.promote('micro', 1, thresholds=MICRO_GATES)
+        assert r['gate']['passed'] and r['gate']['candidate']['score_name'] == 'uf1', r['gate']['reasons']
+        assert r['gate']['candidate']['score'] >= 0.5 and set(r['gate']['candidate']['per_class']) == set(MEGC3)
+        (tmp_path/'gates.yaml').write_text(json.dumps(MICRO_GATES))
+        p = cli(capsys, 'registry', 'promote', '--task', 'micro', '--version', 2, '--gates', tmp_path/'gates.yaml')
+        assert p.returncode == 3 and 'facelab-micro v2 refused; production stays v1' in p.stderr, (p.stdout, p.stderr)
+        assert 'golden uf1' in p.stderr and 'uf1' in p.stderr and 'vs production' in p.stderr, p.stderr
+        assert R.describe('micro')['version'] == 1 and R.describe('micro', 2)['gate'] == 'failed'
+        arts = {a.path for a in R.registry_client().list_artifacts(R.describe('micro', 2)['run_id'], 'gates')}
+        assert arts == {'gates/gate.json', 'gates/gate.png'}
+    finally: mp.undo()
+
+
+def test_spotting_gate_passes_trained_refuses_shuffled(tmp_path):
+    "Spotting recall on the golden long videos: a trained tiny spotter passes; one trained on other videos' intervals is refused."
+    from facelab.models.spotting import spotting_experiment, export_onnx
+    from facelab.models.spotting_flow import synth_spotting_video
+    from facelab.gates import check_candidate, golden_set
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch(); mp.setenv('FACELAB_DATA', str(tmp_path/'data'))
+    try:
+        V = dict(seconds=12, size=96, n_micro=2, n_macro=1, n_distractors=2)
+        g = golden_set('spotting')
+        seeds = range(100, 112)
+        assert not set(seeds) & set(range(g['manifest']['seed'], g['manifest']['seed'] + g['manifest']['n']))   # other videos
+        tr = [synth_spotting_video(s, cache_dir=tmp_path/'cache', **V) for s in seeds]
+        held = [synth_spotting_video(200, cache_dir=tmp_path/'cache', **V)]
+        res = spotting_experiment(tr, held, steps=250, progress=False)
+        good = export_onnx(res['model'], tmp_path/'good.onnx')          # the default (MEGC-length) decoder
+        shuf = [dict(v, events=tr[(i + 1) % len(tr)]['events']) for i, v in enumerate(tr)]   # each video with another's intervals
+        bad = export_onnx(spotting_experiment(shuf, held, steps=100, progress=False)['model'], tmp_path/'bad.onnx')
+        r = check_candidate('spotting', good, None, tmp_path/'g1', thresholds=SPOT_GATES)
+        assert r['passed'] and r['candidate']['score_name'] == 'spotting_recall', r['reasons']
+        assert set(r['candidate']['per_class']) == {'micro', 'macro'} and r['golden']['n'] == 6
+        r = check_candidate('spotting', bad, good, tmp_path/'g2', thresholds=SPOT_GATES)
+        assert not r['passed'] and any('golden spotting_recall' in x for x in r['reasons']), r['reasons']
+        assert any('vs production' in x for x in r['reasons']) and r['dual_track']['agreement'] < 0.7, r['reasons']
+        assert sorted(p.name for p in (tmp_path/'g2').iterdir()) == ['gate.json', 'gate.png']
+        assert json.loads((tmp_path/'g2'/'gate.json').read_text())['passed'] is False
+    finally: mp.undo()
+
+
+def test_au_gate_passes_trained_refuses_shuffled(tmp_path):
+    "The AU golden-set gate with a TRAINED tiny AU model (the int8 check's recipe) passes; one trained on shuffled labels is refused."
+    from facelab.export_quant import facesynth_labelled, train_briefly, INT8_MODELS, chance_score
+    from facelab.models import create_model
+    from facelab.export import to_onnx
+    from facelab.gates import check_candidate, GATE_DEFAULTS
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch(); mp.setenv('FACELAB_DATA', str(tmp_path/'data'))
+    try:
+        name, kw, size, tkw = INT8_MODELS['au']
+        X, y = facesynth_labelled('au', 700, size, seed=0)          # other people than the golden set (seed 9002)
+        torch.manual_seed(0)
+        good = to_onnx(train_briefly(create_model(name, **kw), 'au', X, y, **tkw), 'au', tmp_path/'good.onnx',
+                       input_shape=(1, 3, size, size), n_parity=2).path
+        torch.manual_seed(0)
+        shuf = y[np.random.default_rng(5).permutation(len(y))]
+        bad = to_onnx(train_briefly(create_model(name, **kw), 'au', X, shuf, **{**tkw, 'epochs': 6}), 'au', tmp_path/'bad.onnx',
+                      input_shape=(1, 3, size, size), n_parity=2).path
+        th = dict(max_latency_ratio=5.0)    # the default score thresholds; latency is loose on a shared machine
+        r = check_candidate('au', good, None, tmp_path/'g1', thresholds=th)
+        assert r['passed'], r['reasons']
+        assert r['candidate']['score'] > max(GATE_DEFAULTS['au']['min_score'], chance_score('au', y) / 100), r['candidate']
+        r = check_candidate('au', bad, good, tmp_path/'g2', thresholds=th)
+        assert not r['passed'] and any('golden mean_au_f1' in x for x in r['reasons']), r['reasons']
+        assert any('vs production' in x for x in r['reasons']), r['reasons']
+        assert set(r['dual_track']['class_deltas']) == set(r['candidate']['per_class'])    # per-AU deltas in the report
+        assert sorted(p.name for p in (tmp_path/'g2').iterdir()) == ['gate.json', 'gate.png']
+    finally: mp.undo()

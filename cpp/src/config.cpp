@@ -40,7 +40,7 @@ EngineConfig parseConfig(const std::string& text, const std::string& base_dir, c
     throw ConfigError(name + ": not valid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) throw ConfigError(name + ": the config must be a JSON object");
-  checkKeys(j, {"version", "threads", "models", "optical_flow_spotter"}, name);
+  checkKeys(j, {"version", "threads", "models", "optical_flow_spotter", "face"}, name);
   int version = get<int>(j, "version", 1, name);
   if (version != 1) throw ConfigError(name + ": version " + std::to_string(version) + " is not supported (1 is)");
   EngineConfig c;
@@ -63,6 +63,31 @@ EngineConfig parseConfig(const std::string& text, const std::string& base_dir, c
     c.flow.max_frames = get<int>(f, "max_frames", c.flow.max_frames, w);
     if (c.flow.min_frames < 1 || c.flow.max_frames < c.flow.min_frames)
       throw ConfigError(w + ": need 1 <= min_frames <= max_frames");
+  }
+  if (j.contains("face")) {
+    const json& f = j["face"];
+    std::string w = name + ".face";
+    if (!f.is_object()) throw ConfigError(w + ": must be an object {detect, every, templates, template, ...}");
+    checkKeys(f, {"detect", "every", "templates", "template", "shape_predictor", "upsample", "min_score", "max_side"}, w);
+    FaceConfig& fc = c.face;
+    fc.detect = get<bool>(f, "detect", true, w);
+    fc.every = get<int>(f, "every", 1, w);
+    if (fc.every < 1) throw ConfigError(w + ".every: must be >= 1");
+    auto resolve = [&](std::string p) {
+      if (p.empty()) return p;
+      fs::path q(p);
+      if (q.is_relative()) q = fs::path(base_dir) / q;
+      return q.lexically_normal().string();
+    };
+    fc.templates = resolve(get<std::string>(f, "templates", "", w));
+    if (fc.detect && fc.templates.empty())
+      throw ConfigError(w + ".templates: missing (the JSON of alignment templates, written by cpp/tools/face_templates.py)");
+    fc.template_name = get<std::string>(f, "template", "macro", w);
+    fc.shape_predictor = resolve(get<std::string>(f, "shape_predictor", "", w));
+    fc.upsample = get<int>(f, "upsample", -1, w);
+    fc.min_score = get<double>(f, "min_score", 0.1, w);
+    fc.max_side = get<int>(f, "max_side", 1280, w);
+    if (fc.max_side < 32) throw ConfigError(w + ".max_side: must be >= 32");
   }
   if (!j.contains("models") || !j["models"].is_object() || j["models"].empty())
     throw ConfigError(name + ": 'models' must map tasks (macro, micro, au, spotting) to {\"path\": ...}");

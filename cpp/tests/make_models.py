@@ -128,3 +128,34 @@ onnx.save(helper.make_model(g), out/'hash_cases.onnx')
 (out/'weights_sha256.json').write_text(json.dumps({f.name: onnx_weights_sha256(onnx.load(f)) for f in sorted(out.glob('*.onnx'))
                                                    if f.name != 'bad_corrupt.onnx'}, indent=1))
 print(f'wrote test models to {out}')
+
+# Face front end goldens (FaceFrontEnd vs facelab.face): images as PNG, the templates JSON the C++ side reads, and the
+# Python detector's boxes, 68 landmarks and aligned landmarks (landmarks mapped by align_matrix) per template.
+def face_goldens(out:Path):
+    from facelab.face.detect import has_dlib, FaceDetector
+    from facelab.face.align import TEMPLATES, align_matrix, transform_points
+    from facelab.synth.face import render_face, sample_identity, Appearance
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tools'))
+    from face_templates import templates_json
+    d = out/'face'; d.mkdir(exist_ok=True)
+    (d/'face_templates.json').write_text(json.dumps(templates_json(), indent=1))
+    if not has_dlib(): print('dlib not importable in Python: no face goldens'); return
+    import skimage.data
+    imgs = {'astronaut': skimage.data.astronaut()}
+    for i, (sz, app) in enumerate([(320, Appearance(scale=0.5, offset=(0.15, -0.05))), (256, None),
+                                   (480, Appearance(scale=0.4, offset=(-0.1, 0.1)))]):
+        imgs[f'synth{i}'] = render_face(sample_identity(np.random.default_rng(3 + i)), {'AU12': 3} if i == 1 else {},
+                                        size=sz, appearance=app).image
+    det = FaceDetector('hog')
+    cases = []
+    for name, img in imgs.items():
+        Image.fromarray(img).save(d/f'{name}.png')
+        faces = det(img)
+        cases.append({'image': f'{name}.png', 'faces': [
+            {'box': [float(v) for v in f.box], 'score': f.score, 'landmarks': f.landmarks.tolist(),
+             'aligned': {t: transform_points(f.landmarks, align_matrix(f.landmarks, t)).tolist() for t in TEMPLATES},
+             'box_aligned': {t: align_matrix(None, t, box=f.box).tolist() for t in TEMPLATES}} for f in faces]})
+    (d/'face.golden.json').write_text(json.dumps({'cases': cases}, indent=1))
+    print(f"face goldens: {[(c['image'], len(c['faces'])) for c in cases]}")
+
+face_goldens(out)

@@ -1,6 +1,7 @@
 // facelab_bench: per-engine and total per-frame latency (P50/P90/P99 after warm-up), and the same models in bare
 // ONNX Runtime on the same input tensors, so the engine overhead is a ratio.
 //   facelab_bench --config engine.json [--input FRAMES_DIR|VIDEO] [--iters 200] [--warmup 20] [--out bench.json]
+//                 [--face-input RAW_FRAMES]   (with a "face" config section: the FaceFrontEnd latency row)
 // Rows per engine: "engine" = predict() from a BGR image (preprocessing included), "engine_infer" = the engine's
 // inference on a ready tensor (what the bare-ORT row also does), "bare" = a plain Ort::Session with the same options
 // (engine_infer and bare runs interleaved);
@@ -77,7 +78,7 @@ struct Bare {
 
 int main(int argc, char** argv) {
   try {
-    std::string config, input, out;
+    std::string config, input, out, face_input;
     int iters = 200, warmup = 20;
     for (int i = 1; i < argc; ++i) {
       std::string k = argv[i];
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
       };
       if (k == "--config") config = val();
       else if (k == "--input") input = val();
+      else if (k == "--face-input") face_input = val();
       else if (k == "--out") out = val();
       else if (k == "--iters") iters = std::stoi(val());
       else if (k == "--warmup") warmup = std::stoi(val());
@@ -155,6 +157,33 @@ int main(int argc, char** argv) {
       if (i >= warmup) total.push_back(r.latency_ms["total"]);
     }
     rep["total_per_frame"] = pct(total);
+#ifdef FACELAB_HAVE_DLIB
+    if (cfg.face.detect) {   // the FaceFrontEnd on raw frames: detection + landmarks + alignment, and the refit only
+      if (face_input.empty()) throw std::invalid_argument("the config has a face section: give --face-input RAW_FRAMES");
+      FaceFrontEnd fe(cfg.face);
+      const FaceTemplate& t = fe.templates().get(cfg.face.template_name);
+      std::vector<cv::Mat> raw;
+      FrameSource src(face_input);
+      cv::Mat f;
+      std::string n;
+      while (src.next(f, n)) raw.push_back(f.clone());
+      size_t k = 0, found = 0;
+      auto full = timeIt([&] {
+        auto faces = fe.detect(raw[k++ % raw.size()]);
+        if (!faces.empty()) { ++found; fe.align(raw[(k - 1) % raw.size()], faces[0], t); }
+      }, warmup, iters);
+      if (!found) throw std::runtime_error(face_input + ": no face found in the bench frames");
+      auto faces = fe.detect(raw[0]);
+      Face face = faces.empty() ? Face{} : faces[0];
+      auto refit = timeIt([&] {
+        face.landmarks = fe.landmarks(raw[0], face.box);
+        fe.align(raw[0], face, t);
+      }, warmup, iters);
+      rep["face"] = {{"detect_landmarks_align", pct(full)}, {"landmarks_align", pct(refit)}, {"template", t.name},
+                     {"frame_size", {raw[0].cols, raw[0].rows}}, {"every", cfg.face.every}};
+      std::cerr << "face: detect+landmarks+align p50 " << percentile(full, 50) << " ms\n";
+    }
+#endif
     std::string s = rep.dump(1);
     if (!out.empty()) {
       std::ofstream f(out);
@@ -165,7 +194,7 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const std::invalid_argument& e) {
     std::cerr << "facelab_bench: " << e.what() << "\nusage: facelab_bench --config engine.json [--input DIR|VIDEO] "
-                 "[--iters 200] [--warmup 20] [--out bench.json]\n";
+                 "[--iters 200] [--warmup 20] [--out bench.json] [--face-input RAW_FRAMES]\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "facelab_bench: error: " << e.what() << "\n";

@@ -17,7 +17,8 @@ const char* kUsage =
     "usage: facelab_run --config engine.json --input FRAMES_DIR|VIDEO [--out out.jsonl] [--features F.csv|F.bin]\n"
     "                   [--track ID] [--watch-config]\n"
     "       facelab_run --ab old.json new.json --input FRAMES_DIR|VIDEO [--out report.json] [--features ...]\n"
-    "Every frame is a face crop (no face detection here). The config comes from `facelab serve-config`.\n";
+    "Every frame is a face crop, unless the config has a \"face\" section (dlib detection + alignment on raw frames).\n"
+    "The config comes from `facelab serve-config`.\n";
 
 struct Args {
   std::string config, ab_old, ab_new, input, out, features, track;
@@ -73,7 +74,8 @@ int run(const Args& a) {
   std::ostream& out = a.out.empty() ? std::cout : fout;
   auto mtime = fs::last_write_time(a.config);
   FrameSource src(a.input);
-  cv::Mat frame;
+  FaceStage face(p.config());
+  cv::Mat frame, crop;
   std::string name;
   size_t i = 0;
   while (src.next(frame, name)) {
@@ -89,7 +91,20 @@ int run(const Args& a) {
       }
     }
     const std::vector<float>* f = i < feats.size() ? &feats[i] : nullptr;
-    out << toJson(p, p.process(frame, a.track, f), name).dump() << "\n";
+    json info;
+    double face_ms = 0;
+    if (!face.crop(frame, crop, info, face_ms)) {   // raw frame without a face: no engine runs
+      out << json({{"frame", i}, {"source", name}, {"face", nullptr}, {"latency_ms", {{"face", face_ms}}}}).dump() << "\n";
+      ++i;
+      continue;
+    }
+    json j = toJson(p, p.process(crop, a.track, f), name);
+    if (face.active()) {
+      j["face"] = info["face"];
+      j["latency_ms"]["face"] = face_ms;
+      j["latency_ms"]["total"] = j["latency_ms"]["total"].get<double>() + face_ms;
+    }
+    out << j.dump() << "\n";
     ++i;
   }
   auto end = p.finish();
@@ -106,15 +121,19 @@ int ab(const Args& a) {
   loadPipeline(pn, a.ab_new);
   auto fo = features(po, a.features), fn = features(pn, a.features);
   FrameSource src(a.input);
-  cv::Mat frame;
+  FaceStage face(po.config());   // the old config's face section makes the crops both model sets see
+  cv::Mat frame, crop;
   std::string name;
   size_t n = 0, macro_n = 0, macro_agree = 0, micro_n = 0, micro_agree = 0, au_n = 0, au_agree = 0;
   double macro_maxdiff = 0;
   std::map<std::string, std::vector<double>> lat_old, lat_new;
   size_t spot_old = 0, spot_new = 0, flow_old = 0, flow_new = 0;
   while (src.next(frame, name)) {
-    auto ro = po.process(frame, a.track, n < fo.size() ? &fo[n] : nullptr);
-    auto rn = pn.process(frame, a.track, n < fn.size() ? &fn[n] : nullptr);
+    json info;
+    double face_ms = 0;
+    if (!face.crop(frame, crop, info, face_ms)) { ++n; continue; }
+    auto ro = po.process(crop, a.track, n < fo.size() ? &fo[n] : nullptr);
+    auto rn = pn.process(crop, a.track, n < fn.size() ? &fn[n] : nullptr);
     for (auto& [k, v] : ro.latency_ms) lat_old[k].push_back(v);
     for (auto& [k, v] : rn.latency_ms) lat_new[k].push_back(v);
     if (ro.macro && rn.macro) {

@@ -1,6 +1,8 @@
 // Shared by facelab_run and facelab_bench: frame sources, feature files, percentiles, JSON of results.
 #pragma once
 #include <algorithm>
+#include <chrono>
+#include <memory>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -10,9 +12,13 @@
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
 
 #include "facelab/pipeline.h"
+#ifdef FACELAB_HAVE_DLIB
+#include "facelab/face_front_end.h"
+#endif
 
 namespace facelab::tools {
 
@@ -148,5 +154,68 @@ inline json toJson(Pipeline& p, const FrameResult& r, const std::string& source)
   j["latency_ms"] = r.latency_ms;
   return j;
 }
+
+// Raw frames -> aligned face crops when the config has a "face" section with detect true (FaceFrontEnd); otherwise
+// every frame is already a crop. The detector runs every `every` frames (largest face); in between, the landmarks are
+// re-fitted in the last box.
+class FaceStage {
+ public:
+  explicit FaceStage(const EngineConfig& c) {
+    if (!c.face.detect) return;
+#ifdef FACELAB_HAVE_DLIB
+    try {
+      fe_ = std::make_unique<FaceFrontEnd>(c.face);
+      tpl_ = fe_->templates().get(c.face.template_name);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(c.file + ": face: " + e.what());
+    }
+    every_ = c.face.every;
+#else
+    throw std::runtime_error(c.file + ": face.detect needs the FaceFrontEnd, which this build does not have (dlib was not "
+                             "found at build time: install Debian's libdlib-dev libdlib-data and rebuild)");
+#endif
+  }
+  bool active() const { return static_cast<bool>(fe_); }
+  // false: no face in this frame (info["face"] is null). ms: the front end's time.
+  bool crop(const cv::Mat& frame, cv::Mat& out, json& info, double& ms) {
+    if (!fe_) { out = frame; return true; }
+#ifdef FACELAB_HAVE_DLIB
+    auto t0 = std::chrono::steady_clock::now();
+    bool detected = false;
+    if (n_++ % every_ == 0 || !have_) {
+      auto faces = fe_->boxes(frame);
+      have_ = !faces.empty();
+      if (have_) face_ = faces[0];
+      detected = true;
+    }
+    if (have_) {
+      face_.landmarks = fe_->landmarks(frame, face_.box);
+      out = fe_->align(frame, face_, tpl_);
+      if (out.channels() == 1) cv::cvtColor(out, out, cv::COLOR_GRAY2BGR);
+      info["face"] = {{"box", {face_.box.x, face_.box.y, face_.box.x + face_.box.width, face_.box.y + face_.box.height}},
+                      {"score", face_.score}, {"detected", detected}, {"template", tpl_.name}};
+    } else {
+      info["face"] = nullptr;
+    }
+    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return have_;
+#else
+    (void)info; (void)ms;
+    return false;
+#endif
+  }
+
+ private:
+#ifdef FACELAB_HAVE_DLIB
+  std::unique_ptr<FaceFrontEnd> fe_;
+  FaceTemplate tpl_;
+  Face face_;
+#else
+  std::unique_ptr<int> fe_;
+#endif
+  int every_ = 1;
+  long n_ = 0;
+  bool have_ = false;
+};
 
 }  // namespace facelab::tools

@@ -41,11 +41,25 @@ struct FlowSpotterConfig {
   int min_frames = 3, max_frames = 120;
 };
 
+// "face": raw frames -> dlib detection + 68 landmarks + template alignment (cpp/include/facelab/face_front_end.h).
+// Without a face section (or with detect false) every frame is taken as a face crop.
+struct FaceConfig {
+  bool detect = false;
+  int every = 1;                  // run the detector every N frames; landmarks are re-fitted on every frame
+  std::string templates;          // JSON written by cpp/tools/face_templates.py (from facelab.face.align)
+  std::string template_name = "macro";   // template name or task (TASK_TEMPLATES)
+  std::string shape_predictor;    // empty: $FACELAB_FACE_MODELS, then /usr/share/dlib
+  int upsample = -1;              // -1: 1 when the short side is < 400 px, else 0 (as Python)
+  double min_score = 0.1;
+  int max_side = 1280;
+};
+
 struct EngineConfig {
   std::string file;                          // where it was read from
   SessionConfig threads;
   std::map<std::string, ModelConfig> models; // task -> model ("macro", "micro", "au", "spotting")
   FlowSpotterConfig flow;
+  FaceConfig face;
 };
 
 // Read and check a config file; throws ConfigError naming the file and the key.
