@@ -158,9 +158,11 @@ def test_retention_never_removes_production(env, capsys):
     from facelab import registry as R
     from facelab.cli import main
     tmp, work = env, env/'work'
-    prod_run = Path(R.describe('macro')['tags']['facelab.source'])
+    prod = R.describe('macro')
+    prod_run = Path(prod['tags']['facelab.source'])
     runs = sorted((work/'macro'/'runs').iterdir())
-    assert prod_run in runs and len(runs) == 3
+    # 2 runs after the first test (promoted, refused), 3 when the slow kill/resume test ran too
+    assert prod_run in runs and len(runs) >= 2
     def clean(*a):
         capsys.readouterr()
         with mock.patch.dict('facelab.cli.SUBCOMMAND_MODULES', {'clean': 'facelab.retention'}):
@@ -173,4 +175,4 @@ def test_retention_never_removes_production(env, capsys):
     assert rc == 0 and 'freed' in out, out
     assert sorted((work/'macro'/'runs').iterdir()) == [prod_run] and (prod_run/'model.pt').exists()
     assert not (work/'data').exists() or not list((work/'data').iterdir())    # consumed batches of older cycles
-    assert R.describe('macro')['version'] == 1
+    assert R.describe('macro')['version'] == prod['version']
