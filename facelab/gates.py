@@ -73,12 +73,10 @@ def _manifest(out:Path, task:str, spec:dict, extra:dict, names) -> dict:
 
 def golden_set(task:str, root=None) -> dict:
     "The golden set of `task` (written once under the data root, then checked against its manifest on every load)."
-    import fcntl
+    from facelab.train.run import _lock
     d = golden_dir(task, root)
     if not (d/'manifest.json').exists():
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with open(d.parent/f'.{d.name}.lock', 'w') as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
+        with _lock(d.parent/f'.{d.name}.lock'):
             if not (d/'manifest.json').exists():
                 tmp = Path(tempfile.mkdtemp(prefix=f'.{d.name}-', dir=d.parent))
                 try:

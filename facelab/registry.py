@@ -50,24 +50,17 @@ def registry_client(uri:str|None=None):
     "An `MlflowClient` on `uri` (default `mlflow_uri()`), the store created once under a lock when it is sqlite."
     import mlflow
     uri = uri or mlflow_uri()
-    from facelab.train import track
-    ensure = getattr(track, 'ensure_store', None)
-    if ensure is not None: ensure(uri)
-    elif _sqlite_path(uri) is not None:
-        with registry_lock(uri): mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    from facelab.train.track import ensure_store
+    ensure_store(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 @contextlib.contextmanager
 def registry_lock(uri:str|None=None):
     "An exclusive file lock beside an sqlite store (no-op for a tracking server, which serialises writes itself)."
-    import fcntl
+    from facelab.train.run import _lock
     db = _sqlite_path(uri or mlflow_uri())
     if db is None: yield; return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent/f'.{db.name}.registry.lock', 'w') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    with _lock(db.parent/f'.{db.name}.registry.lock'): yield
 
 def git_revision(repo=None) -> str:
     "`git rev-parse HEAD` of the facelab checkout (with `-dirty` when it has local changes), or 'unknown'."
@@ -230,15 +223,11 @@ def _set_production(client, name:str, version:int, uri:str|None):
 @contextlib.contextmanager
 def promote_lock(task:str, uri:str|None=None):
     "Exclusive lock of `task`'s promotions, held across gate + alias move: two `promote`s of one task run one after the other."
-    import fcntl
     from facelab.core import artifacts_root
+    from facelab.train.run import _lock
     db = _sqlite_path(uri or mlflow_uri())
     d = db.parent if db is not None else Path(artifacts_root())   # a tracking server: serialises promotions from this machine
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d/f'.{check_name(model_name(task))}.promote.lock', 'w') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    with _lock(d/f'.{check_name(model_name(task))}.promote.lock'): yield
 
 def promote(task:str, version:int,
             force:bool=False, # promote even when a check fails; recorded as tag `facelab.forced`
@@ -307,11 +296,8 @@ def deploy(task:str, model_dir, # the engine's model folder
 
 @contextlib.contextmanager
 def _deploy_lock(model_dir:Path):
-    import fcntl
-    with open(model_dir/'.deploy.lock', 'w') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    from facelab.train.run import _lock
+    with _lock(model_dir/'.deploy.lock'): yield
 
 def _deploy(task, name, model_dir, info, uri, before_rename, engine_overrides) -> dict:
     from facelab.export import _fsync_dir

@@ -59,12 +59,7 @@ std::vector<AuResult> AuEngine::results(const ModelInfo& info, const std::vector
 
 std::vector<AuResult> AuEngine::predict(const cv::Mat& bgr) const {
   auto m = require();
-  const auto& s = m->info.input_shape;
-  Tensor t;
-  t.shape = {1, 3, s[2], s[3]};
-  t.data.resize(t.numel());
-  imageToCHW(bgr, static_cast<int>(s[2]), static_cast<int>(s[3]), m->info.pre, t.data.data());
-  auto out = run(*m, t);
+  auto out = run(*m, imageTensor(m->info, bgr));
   validateOutputs(m->info, out);
   return results(m->info, thresholds(m->info), out[0], out[1]);
 }

@@ -37,23 +37,12 @@ void MacroEngine::validate(const ModelInfo& info) const {
 }
 
 Tensor MacroEngine::preprocess(const cv::Mat& bgr) const {
-  auto m = require();
-  const auto& s = m->info.input_shape;
-  Tensor t;
-  t.shape = {1, 3, s[2], s[3]};
-  t.data.resize(t.numel());
-  imageToCHW(bgr, static_cast<int>(s[2]), static_cast<int>(s[3]), m->info.pre, t.data.data());
-  return t;
+  return imageTensor(require()->info, bgr);
 }
 
 ClassResult MacroEngine::predict(const cv::Mat& bgr) const {
   auto m = require();   // one snapshot for preprocessing and inference
-  const auto& s = m->info.input_shape;
-  Tensor t;
-  t.shape = {1, 3, s[2], s[3]};
-  t.data.resize(t.numel());
-  imageToCHW(bgr, static_cast<int>(s[2]), static_cast<int>(s[3]), m->info.pre, t.data.data());
-  auto out = run(*m, t);
+  auto out = run(*m, imageTensor(m->info, bgr));
   validateOutput2D(m->info, out[0], "logits", 7);
   return classResult(out[0], m->info.class_names);
 }

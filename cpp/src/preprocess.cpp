@@ -6,6 +6,15 @@
 
 namespace facelab {
 
+Tensor imageTensor(const ModelInfo& info, const cv::Mat& bgr) {
+  const auto& s = info.input_shape;
+  Tensor t;
+  t.shape = {1, 3, s[2], s[3]};
+  t.data.resize(t.numel());
+  imageToCHW(bgr, static_cast<int>(s[2]), static_cast<int>(s[3]), info.pre, t.data.data());
+  return t;
+}
+
 void imageToCHW(const cv::Mat& bgr, int h, int w, const Preprocess& p, float* dst) {
   if (bgr.empty()) throw std::invalid_argument("empty image");
   if (bgr.type() != CV_8UC3) throw std::invalid_argument("image must be 8-bit, 3 channels (BGR)");

@@ -12,6 +12,9 @@ namespace facelab {
 // enlarging; Python resizes with PIL's bilinear filter, so only same-size inputs are bit-identical).
 void imageToCHW(const cv::Mat& bgr, int h, int w, const Preprocess& p, float* dst);
 
+// The [1, 3, H, W] input tensor of an image model (H, W from its input shape), filled by imageToCHW.
+Tensor imageTensor(const ModelInfo& info, const cv::Mat& bgr);
+
 // The crop of `box` from `frame`, clipped to the frame; throws std::invalid_argument when nothing is left.
 cv::Mat cropBox(const cv::Mat& frame, const cv::Rect& box);
 
