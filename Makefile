@@ -10,7 +10,7 @@ export MPLBACKEND := Agg
 export FACELAB_ARTIFACTS ?= $(abspath .facelab-test/artifacts)
 export FACELAB_RUNS ?= $(abspath .facelab-test/runs)
 
-.PHONY: help setup cpp-deps cpp sync-check nbtest pytest ctest test bench demo docs lab clean
+.PHONY: help setup cpp-deps test-deps cpp sync-check nbtest pytest ctest test bench demo docs lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -37,6 +37,17 @@ cpp-deps:  ## install the C++ build's Debian packages when missing (as root), el
 	  (apt-get install -y --no-install-recommends $$missing || (apt-get update && apt-get install -y --no-install-recommends $$missing)); \
 	else echo "cpp-deps: missing Debian packages:$$missing; install them with: sudo apt-get install$$missing"; exit 1; fi
 
+# services and the browser that tests start themselves on 127.0.0.1 (Redis for Celery jobs, Chromium for the explorers)
+TEST_DEBS := redis-server chromium
+
+test-deps:  ## install the test suite's Debian packages when missing (as root), else say which to install
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "test-deps: installing$$missing"; \
+	  (apt-get install -y --no-install-recommends $$missing || (apt-get update && apt-get install -y --no-install-recommends $$missing)); \
+	else echo "test-deps: missing Debian packages:$$missing (their tests skip); install them with: sudo apt-get install$$missing"; fi
+
 cpp: setup cpp-deps  ## build cpp/ against the onnxruntime in the venv (headers: npm) or $$ONNXRUNTIME_ROOT
 	@if [ -f cpp/CMakeLists.txt ]; then \
 	  cmake -S cpp -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) && \
@@ -49,8 +60,10 @@ sync-check: setup  ## facelab/ must match nbs/ and notebooks must be clean
 nbtest: setup  ## run every notebook as a test (cells marked slow are skipped)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
-pytest: setup  ## pytest tests/ (exit 5, "no tests collected", is not a failure)
-	$(BIN)/pytest -q --durations=25 tests/ ; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+# two workers, one file each at a time: every worker gets its own FACELAB_ARTIFACTS/RUNS (tests/conftest.py)
+PYTEST_WORKERS ?= 2
+pytest: setup test-deps  ## pytest tests/ on $(PYTEST_WORKERS) workers (exit 5, "no tests collected", is not a failure)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 tests/ ; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 ctest: cpp  ## C++ tests: golden outputs, FrameBuffer, reloads, stress (also under TSan and ASan builds)
 	@if [ -f $(BUILD)/CTestTestfile.cmake ]; then ctest --test-dir $(BUILD) --output-on-failure; \

@@ -28,6 +28,9 @@ SUBCOMMAND_MODULES = {
     'pipeline': 'facelab.pipeline',
     'selftrain': 'facelab.selftrain',
     'clean':   'facelab.retention',
+    'agent':   'facelab.agent.cli',
+    'detect':  'facelab.detect.cli',
+    'demo':    'facelab.demo',
 }
 
 # %% ../nbs/49_cli.ipynb #0e09d844
