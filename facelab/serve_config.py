@@ -11,8 +11,8 @@ from typing import Mapping
 from .export import read_metadata, file_sha256
 
 # %% auto #0
-__all__ = ['TASKS', 'DEFAULTS', 'TASK_DEFAULTS', 'find_models', 'atomic_write_text', 'engine_config', 'write_engine_config',
-           'add_cli']
+__all__ = ['TASKS', 'DEFAULTS', 'TASK_DEFAULTS', 'FACE_DEFAULTS', 'TEMPLATES_FILE', 'find_models', 'atomic_write_text',
+           'engine_config', 'face_section', 'write_engine_config', 'add_cli']
 
 # %% ../nbs/45_serve_config.ipynb #d6a9b638
 TASKS = ('macro', 'micro', 'au', 'spotting')
@@ -20,6 +20,9 @@ DEFAULTS = {'version': 1, 'threads': {'intra_op': 1, 'inter_op': 1},
             'models': {},
             'optical_flow_spotter': {'threshold': 2.0, 'min_frames': 3, 'max_frames': 120}}
 TASK_DEFAULTS = {'micro': {'stride': 4}, 'spotting': {'fps': 30.0}}
+#: the `face` section for raw frames: detect the largest face every N frames and align it with the task's template
+FACE_DEFAULTS = {'detect': True, 'every': 1, 'template': 'macro'}
+TEMPLATES_FILE = 'face_templates.json'
 
 def _task_of(path:Path) -> str|None:
     try: return read_metadata(path).get('task')
@@ -73,6 +76,7 @@ def atomic_write_text(text:str, out) -> Path:
 def engine_config(model_dir, # folder of exported .onnx files
                   models:Mapping|None=None, # {task: onnx path}; default: `find_models(model_dir)`
                   base=None, # folder relative paths are written against (the config's folder); default model_dir
+                  face:bool|Mapping=False, # add the `face` section (raw frames: detection + alignment in C++); a dict overrides FACE_DEFAULTS
                   **overrides, # merged into the config: threads={'intra_op': 2}, micro={'stride': 8}, optical_flow_spotter={...}
                  ) -> dict:
     "The engine config as a dict (see the schema above); every model is checked to exist and to carry its task."
@@ -93,16 +97,38 @@ def engine_config(model_dir, # folder of exported .onnx files
             cfg['models'][k] = _merge(cfg['models'][k], v)
         elif k in DEFAULTS: cfg[k] = _merge(cfg[k], v) if isinstance(cfg[k], dict) else v
         else: raise ValueError(f"unknown engine config key {k!r}; known: {sorted(DEFAULTS) + list(TASKS)}")
+    if face: cfg['face'] = face_section(face if isinstance(face, Mapping) else {})
     return cfg
+
+def face_section(over:Mapping|None=None) -> dict:
+    "The engine's `face` section: FACE_DEFAULTS + `over`, the templates file, and dlib's shape predictor when facelab.face finds it."
+    from facelab.face.align import TEMPLATES, TASK_TEMPLATES
+    f = {**FACE_DEFAULTS, 'templates': TEMPLATES_FILE, **(over or {})}
+    unknown = set(f) - {'detect', 'every', 'templates', 'template', 'shape_predictor', 'upsample', 'min_score', 'max_side'}
+    if unknown: raise ValueError(f"unknown face setting(s) {sorted(unknown)}")
+    if f['template'] not in TEMPLATES and f['template'] not in TASK_TEMPLATES:
+        raise ValueError(f"unknown alignment template {f['template']!r}; tasks {sorted(TASK_TEMPLATES)} or templates {sorted(TEMPLATES)}")
+    if not isinstance(f['every'], int) or f['every'] < 1: raise ValueError(f"face every={f['every']!r}: detect every N >= 1 frames")
+    if 'shape_predictor' not in f:
+        # an absolute path found now (face-recognition-models, libdlib-data, FACELAB_FACE_MODELS); without one the
+        # engine searches $FACELAB_FACE_MODELS and /usr/share/dlib itself and names them if the file is missing
+        try:
+            from facelab.face.detect import face_model_path
+            f['shape_predictor'] = str(Path(face_model_path()).resolve())
+        except (FileNotFoundError, ImportError): pass
+    return f
 
 def write_engine_config(model_dir, # folder of exported .onnx files
                         out=None, # the JSON file; default model_dir/engine.json
                         models:Mapping|None=None, # {task: onnx path}; default: the macro/micro/au/spotting files in model_dir
-                        **overrides, # see `engine_config`
+                        **overrides, # see `engine_config` (incl. face=True, which also writes face_templates.json beside `out`)
                        ) -> Path:
     "Write the C++ engine's JSON config atomically (temp file, fsync, rename); returns its path."
     out = Path(out) if out is not None else Path(model_dir)/'engine.json'
     cfg = engine_config(model_dir, models, base=out.parent, **overrides)
+    if 'face' in cfg and not Path(cfg['face']['templates']).is_absolute():
+        from facelab.face.align import templates_json
+        atomic_write_text(json.dumps(templates_json(), indent=1) + '\n', out.parent/cfg['face']['templates'])
     return atomic_write_text(json.dumps(cfg, indent=1) + '\n', out)
 
 # %% ../nbs/45_serve_config.ipynb #1394e37a
@@ -118,9 +144,14 @@ def _cli(args) -> int:
     if args.threads: ov['threads'] = {'intra_op': args.threads}
     if args.micro_stride: ov['micro'] = {'stride': args.micro_stride}
     models = _parse_kv(args.model) or None
-    p = write_engine_config(args.model_dir, args.out, models, **ov)
+    face = {'every': args.face_every, 'template': args.face_template} if args.face else False
+    p = write_engine_config(args.model_dir, args.out, models, face=face, **ov)
     cfg = json.loads(Path(p).read_text())
     print(f"wrote {p}: " + ', '.join(f"{t} {m['path']}" for t, m in cfg['models'].items()))
+    if 'face' in cfg:
+        f = cfg['face']
+        print(f"face: detect every {f['every']} frame(s), align with {f['template']!r} ({Path(p).parent/f['templates']}), "
+              f"landmarks {f.get('shape_predictor', 'found by the engine ($FACELAB_FACE_MODELS or /usr/share/dlib)')}")
     return 0
 
 def add_cli(sub):
@@ -134,4 +165,9 @@ def add_cli(sub):
     p.add_argument('--model', action='append', metavar='TASK=PATH', help='use this file for a task (repeatable)')
     p.add_argument('--threads', type=int, help='onnxruntime intra-op threads per session')
     p.add_argument('--micro-stride', type=int, help='frames between two micro-expression inferences')
+    p.add_argument('--face', action='store_true',
+                   help='inputs are raw frames: detect and align faces in C++ (writes face_templates.json beside the config)')
+    p.add_argument('--face-every', type=int, default=1, metavar='N', help='with --face: detect every N frames, track between')
+    p.add_argument('--face-template', default='macro', metavar='NAME',
+                   help="with --face: the alignment template, a task (macro, au, micro) or a template name (default macro)")
     p.set_defaults(func=_cli)

@@ -154,12 +154,13 @@ def test_run_face_front_end(models, tmp_path):
     from facelab.face.align import align_face
     from facelab.synth.face import render_face, sample_identity, Appearance
     import skimage.data
-    r = run(sys.executable, ROOT/'cpp'/'tools'/'face_templates.py', tmp_path/'templates.json')
-    assert r.returncode == 0, r.stderr
-    cfg = json.loads((models/'a.json').read_text())
-    cfg['face'] = {'detect': True, 'every': 1, 'templates': str(tmp_path/'templates.json'), 'template': 'macro'}
-    for k, m in cfg['models'].items(): m['path'] = str((models/m['path']).resolve()) if not Path(m['path']).is_absolute() else m['path']
-    (tmp_path/'face.json').write_text(json.dumps(cfg))
+    # the config as a user writes it: `facelab serve-config --face` (templates file beside it, dlib model found)
+    r = run(BIN/'facelab', 'serve-config', models, '--out', tmp_path/'face.json', '--model', f'macro={models/"macro.onnx"}',
+            '--model', f'au={models/"au.onnx"}', '--face')
+    assert r.returncode == 0 and 'face: detect every 1 frame' in r.stdout, r.stderr
+    assert (tmp_path/'face_templates.json').is_file()
+    cfg = json.loads((tmp_path/'face.json').read_text())
+    assert cfg['face']['templates'] == 'face_templates.json' and cfg['face']['template'] == 'macro' 
     frames = tmp_path/'raw'; frames.mkdir()
     imgs = [skimage.data.astronaut(), np.full((120, 160, 3), 90, np.uint8),
             render_face(sample_identity(np.random.default_rng(3)), {}, size=320, appearance=Appearance(scale=0.5, offset=(0.15, -0.05))).image]

@@ -1,4 +1,5 @@
-"""Write the alignment templates of facelab.face.align as JSON for the C++ FaceFrontEnd (the single source of truth is Python).
+"""Write the alignment templates of facelab.face.align as JSON for the C++ FaceFrontEnd (the single source of truth is
+Python; `facelab serve-config --face` writes the same file beside the engine config).
 
 usage: python cpp/tools/face_templates.py OUT.json
 """
@@ -7,12 +8,8 @@ from pathlib import Path
 
 
 def templates_json() -> dict:
-    from facelab.face.align import TEMPLATES, TASK_TEMPLATES, facesynth_points
-    pts = facesynth_points().astype(float).tolist()   # unit coordinates; the C++ side multiplies by the size, as Python
-    return {'version': 1, 'source': 'facelab.face.align',
-            'templates': {n: {'size': t.size, 'mode': t.mode, 'margin': t.margin, 'crop': t.crop, 'grey': t.grey,
-                              'points': pts} for n, t in TEMPLATES.items()},
-            'tasks': dict(TASK_TEMPLATES)}
+    from facelab.face.align import templates_json
+    return templates_json()
 
 
 def main(argv=None):

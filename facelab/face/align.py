@@ -13,7 +13,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['TEMPLATES', 'TASK_TEMPLATES', 'five_points', 'facesynth_points', 'AlignTemplate', 'get_template', 'align_matrix',
-           'warp', 'align_face', 'align_clip', 'transform_points']
+           'warp', 'align_face', 'align_clip', 'transform_points', 'templates_json']
 
 # %% ../../nbs/02_face_align.ipynb #3859803c
 def five_points(landmarks:np.ndarray, # (68, 2) iBUG-68 landmarks
@@ -139,3 +139,12 @@ def transform_points(points:np.ndarray, M:np.ndarray) -> np.ndarray:
     "Points (N, 2) mapped by a 2x3 affine matrix."
     p = np.asarray(points, np.float64)
     return (p @ M[:, :2].T + M[:, 2]).astype(np.float32)
+
+# %% ../../nbs/02_face_align.ipynb #20963921
+def templates_json() -> dict:
+    "Every template (points in unit coordinates, size, mode, margin, crop, grey) and each task's template, as the JSON the C++ FaceFrontEnd reads."
+    pts = facesynth_points().astype(float).tolist()   # unit coordinates: the C++ side multiplies by the size, as `AlignTemplate.points` does
+    return {'version': 1, 'source': 'facelab.face.align',
+            'templates': {n: {'size': t.size, 'mode': t.mode, 'margin': t.margin, 'crop': t.crop, 'grey': t.grey, 'points': pts}
+                          for n, t in TEMPLATES.items()},
+            'tasks': dict(TASK_TEMPLATES)}
