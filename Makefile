@@ -71,16 +71,17 @@ ctest: cpp  ## C++ tests: golden outputs, FrameBuffer, reloads, stress (also und
 
 test: setup cpp sync-check nbtest pytest ctest  ## everything CI runs
 
-bench: setup cpp  ## run benchmarks and write benchmarks/RESULTS.md
-	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
+bench: setup cpp  ## one benchmark table: benchmarks/RESULTS.md + RESULTS.json (QUICK=1 smallest settings, MERGE=1 keeps rows not re-run, ONLY="cpp data")
+	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md $(if $(QUICK),--quick) $(if $(MERGE),--merge) $(if $(ONLY),--only $(ONLY))
 
 demo: setup  ## end to end on FaceSynth: train macro (papermill), export ONNX + int8, predict with onnxruntime -> demo/
 	$(BIN)/facelab demo --out demo
 
-docs: setup  ## render the docs site with Quarto (prints how to install it when missing)
-	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; \
-	else echo "Quarto is not installed, so the docs cannot be rendered here."; \
-	     echo "Install it from https://quarto.org/docs/get-started/ (or: $(BIN)/nbdev-install-quarto), then run 'make docs'."; fi
+docs: setup  ## the docs site in _docs/: Quarto where installed, else a static site (nbdev's doc processing + nbconvert)
+	$(PY) tools/build_docs.py --sidebar
+	@if command -v quarto >/dev/null; then $(PY) tools/build_docs.py --quarto --out _docs; \
+	else echo "Quarto is not installed: building the static site (nbdev doc processing + nbconvert) into _docs/"; \
+	     $(PY) tools/build_docs.py --out _docs; fi
 
 lab: setup  ## JupyterLab on the notebooks, with the venv kernel
 	$(BIN)/jupyter lab nbs/

@@ -1,4 +1,5 @@
 """OpenGraphAU: size and compute against the official anchors, CPU latency at batch 1, tiny training step."""
+QUICK = False   # no --quick mode: `run.py --quick` skips this file
 import time
 import torch
 from facelab.models import create_model, flop_report

@@ -1,4 +1,5 @@
 """POSTER++ (facelab.models.poster_v2): forward latency at batch 1 (fp32 and bf16 autocast), parameters and MACs."""
+QUICK = False   # no --quick mode: `run.py --quick` skips this file
 import os, statistics, time
 import torch
 from facelab.models import create_model, flop_report

@@ -1,5 +1,6 @@
 """Spotting speed: ROI flow features per frame (rendering excluded), SpottingNet window latency in torch and
 onnxruntime, and the held-out F1 of the notebook's protocol (32 train / 8 test FaceSynth videos)."""
+QUICK = False   # no --quick mode: `run.py --quick` skips this file
 import tempfile, time
 
 import numpy as np

@@ -6,6 +6,9 @@
    time, best of `REPEATS` interleaved runs after a warm-up. Target: fastai >= 0.9x raw.
 2. The same fastai loop in bf16 autocast vs fp32. Without native bf16 (AVX-512-BF16/AMX) the CPU emulates bf16,
    so bf16 may be slower here; the row says which CPU features were present.
+3. bf16 autocast vs fp32 training steps of a full-size model (POSTER++, 224x224, AdamW): forward, backward and
+   optimizer step, the two precisions interleaved step by step. This is where AMX (bf16 tile matmuls) makes the
+   difference; with AVX-512-BF16 alone the gain is smaller, and without either bf16 is emulated.
 """
 import os, tempfile, time
 import torch
@@ -62,8 +65,31 @@ def fastai_loop(x, y, xv, yv, precision='fp32'):
         return EPOCHS * (len(x) // BS) * BS / dt, learn.recorder.values[-1][2]
 
 
-def bench():
+def full_size_steps(name='poster_v2', bs=4, steps=4, warmup=1):
+    "Seconds per training step (fwd + bwd + AdamW) of a full-size model, fp32 and bf16 autocast interleaved; median."
+    import statistics
+    from facelab.models import create_model
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    s = model.cfg.img_size
+    x, y = torch.randn(bs, 3, s, s), torch.randint(0, 7, (bs,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    def step(bf16):
+        t = time.perf_counter()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            loss = F.cross_entropy((out[0] if isinstance(out, (tuple, list)) else out).float(), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        return time.perf_counter() - t
+    for _ in range(warmup): step(False); step(True)
+    t32, t16 = [], []
+    for _ in range(steps): t32.append(step(False)); t16.append(step(True))
+    return statistics.median(t32), statistics.median(t16), sum(p.numel() for p in model.parameters()), s
+
+def bench(quick:bool=False):
     from facelab.core import get_device
+    global N_TRAIN, REPEATS
+    if quick: N_TRAIN, REPEATS = 512, 2
     torch.set_num_threads(os.cpu_count() or 1)
     x, y, xv, yv = _data()
     raw_loop(x[:256], y[:256], xv[:64], yv[:64]); fastai_loop(x[:256], y[:256], xv[:64], yv[:64])   # warm-up
@@ -75,11 +101,19 @@ def bench():
     dev = get_device('cpu')
     feats = f"AMX={dev.amx}, native bf16={dev.bf16}"
     note = f'tiny_cnn w32 on {SIZE}x{SIZE}, bs {BS}, {N_TRAIN} train + {N_VALID} valid, {EPOCHS} epochs, {torch.get_num_threads()} threads'
+    bs, steps = (2, 3) if quick else (4, 6)
+    s32, s16, n_par, size = full_size_steps(bs=bs, steps=steps)
+    full = (f'poster_v2 ({n_par / 1e6:.1f} M params) at {size}x{size}, batch {bs}, AdamW, median of {steps} steps each, '
+            f'fp32 and bf16 steps interleaved, {torch.get_num_threads()} threads; {feats}; load avg {os.getloadavg()[0]:.1f}')
     return [
+        dict(benchmark='train step full-size', metric='fp32 s/step', value=s32, unit='s', note=full),
+        dict(benchmark='train step full-size', metric='bf16 autocast s/step', value=s16, unit='s', note=full),
+        dict(benchmark='train step full-size', metric='bf16 speed-up (fp32 time / bf16 time)', value=s32 / s16, unit='x',
+             target='> 1 with AMX', summary='bf16 autocast vs fp32 training (full-size)', note=full),
         dict(benchmark='train loop', metric='raw PyTorch throughput', value=raw, unit='samples/s', target='', note=note),
         dict(benchmark='train loop', metric='fastai make_learner throughput (fp32)', value=fa32, unit='samples/s', target='', note=note),
         dict(benchmark='train loop', metric='fastai / raw', value=fa32 / raw, unit='x', target='>= 0.9',
-             note='make_learner callbacks: checkpoint per epoch, NaN guard, warmup+cosine, accuracy + UAR'),
+             summary='fastai loop vs raw PyTorch loop', note=f'best of {REPEATS} interleaved runs; ' 'make_learner callbacks: checkpoint per epoch, NaN guard, warmup+cosine, accuracy + UAR'),
         dict(benchmark='train precision', metric='bf16 autocast throughput', value=fa16, unit='samples/s', target='', note=feats),
         dict(benchmark='train precision', metric='bf16 / fp32', value=fa16 / fa32, unit='x', target='> 1 with AMX', note=feats),
     ]

@@ -1,5 +1,6 @@
 """VideoMAE V2 benchmarks: full-size parameter counts and MACs, CPU latency of ViT-S (PyTorch eager and
 onnxruntime), and the ONNX parity of the deploy-size export `[1,16,3,224,224]`."""
+QUICK = False   # no --quick mode: `run.py --quick` skips this file
 import tempfile, time
 from pathlib import Path
 

@@ -101,14 +101,14 @@ def verify(task:str, new:int, old:int, workdir, st:Mapping) -> dict:
 
 # %% ../nbs/48_selftrain.ipynb #ddf9dfef
 def _report(state:State, out:Path):
-    "progress.json (one row per cycle) and progress.png (golden score, test accuracy and KL over the cycles)."
+    "progress.json (one row per cycle) and progress.png (golden score, test score and KL over the cycles)."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     rows = []
     for c in state.d['cycles']:
         s = c['steps']; v = c.get('verify') or {}
         rows.append({'cycle': c['id'], 'batches': c['batches'], 'status': c['status'], 'failed_step': c.get('failed_step'),
-                     'test_accuracy': (s.get('evaluate', {}).get('out') or {}).get('test_accuracy'),
+                     'test_score': (s.get('evaluate', {}).get('out') or {}).get('test_score'),
                      'golden_score': (s.get('gate', {}).get('out') or {}).get('score'),
                      'golden_pass_rate': v.get('golden_pass_rate'), 'kl': v.get('kl'), 'rolled_back': v.get('rolled_back', False),
                      'production_before': c.get('production_before'), 'production_after': c.get('production_after')})
@@ -116,7 +116,7 @@ def _report(state:State, out:Path):
     (out/'progress.json').write_text(json.dumps(rows, indent=1, default=str))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = np.arange(len(rows))
-    for k in ('golden_score', 'test_accuracy', 'golden_pass_rate', 'kl'):
+    for k in ('golden_score', 'test_score', 'golden_pass_rate', 'kl'):
         ax.plot(x, [r[k] if r[k] is not None else np.nan for r in rows], 'o-', label=k)
     ax.set_xticks(x, [r['cycle'][:5] for r in rows], rotation=45); ax.set_ylim(0, 1.05); ax.legend(fontsize=7)
     ax.set_title('facelab selftrain: metrics per cycle'); fig.tight_layout(); fig.savefig(out/'progress.png', dpi=80); plt.close(fig)

@@ -14,15 +14,21 @@ import pytest
 
 BIN = Path(sys.executable).parent
 BATCH = {'n_train': 60, 'n_test': 6}
-GATES = dict(min_score=0.35, min_class=0.0, max_regression=0.02, min_agreement=0.3, max_class_drop=0.5, max_latency_ratio=5.0)
+# the kill/resume/drift batch: fine-tuning from production on fewer faces, for fewer epochs (DRIFT_EPOCHS), is enough to
+# move the probe distribution, and keeps the test cheap
+DRIFT_BATCH, DRIFT_EPOCHS = {'n_train': 30, 'n_test': 6}, 4
+# tolerances for tiny models on the 140-face golden set (chance 1/7), as in tests/test_registry.py; latency is loose on a
+# shared machine
+GATES = dict(min_score=0.35, min_class=0.0, max_regression=0.02, min_agreement=0.3, max_class_drop=0.5, max_latency_ratio=20.0)
 # `facelab ARGS` with the pipeline commands registered, in case facelab/cli.py does not list them yet
 MAIN = ("import sys, facelab.cli as c; c.SUBCOMMAND_MODULES.update(pipeline='facelab.pipeline', selftrain='facelab.selftrain'); "
         "sys.exit(c.main(sys.argv[1:]))")
 
 
-def make_batch(inbox: Path, name: str, seed: int, cache: Path, shuffle=False) -> Path:
+def make_batch(inbox: Path, name: str, seed: int, shuffle=False, batch=BATCH) -> Path:
+    "A FaceSynth RAF-DB inbox batch (written once into the shared FaceSynth cache: tests/test_pipeline.py uses the same ones)."
     from facelab.train.run import facesynth_root
-    src = facesynth_root(['rafdb'], seed=seed, writer_kw={'rafdb': BATCH}, cache=cache)
+    src = facesynth_root(['rafdb'], seed=seed, writer_kw={'rafdb': batch})
     dst = inbox/name
     shutil.copytree(src/'rafdb', dst/'rafdb')
     if shuffle:   # mislabelled: the training images' labels permuted (the test labels stay right)
@@ -58,7 +64,11 @@ def env(tmp_path_factory):
     s = {'train': {'epochs': 8}, 'min_test_score': 0.0, 'gates': GATES,
          'selftrain': {'webhook': f'http://127.0.0.1:{srv.server_port}/alerts', 'max_kl': 0.1, 'min_golden_pass': 0.5}}
     (tmp/'st.yaml').write_text(yaml.safe_dump(s))
-    s['selftrain']['max_kl'] = 1e-4    # the drift bound of the last test: any change of the predicted distribution
+    # the kill/resume/drift test: any change of the predicted distribution is drift; the gate only has to let v2 through
+    # (what it checks is the promote-then-verify path), so its dual-track tolerances are wide
+    s['selftrain']['max_kl'] = 1e-4
+    s['train']['epochs'] = DRIFT_EPOCHS
+    s['gates'] = {**GATES, 'max_regression': 0.3, 'min_agreement': 0.0, 'max_class_drop': 1.0}
     (tmp/'drift.yaml').write_text(yaml.safe_dump(s))
     yield tmp
     srv.shutdown(); mp.undo()
@@ -74,10 +84,10 @@ def test_promote_then_mislabelled_refused(env):
     from facelab.selftrain import selftrain
     tmp, inbox = env, env/'work'/'inbox'
     s = load_settings(tmp/'st.yaml')
-    make_batch(inbox, 'b1', 1, tmp/'fs')
+    make_batch(inbox, 'b1', 1)
     r, = selftrain('macro', s)
     assert r['outcome'] == 'promoted' and R.describe('macro')['version'] == 1
-    make_batch(inbox, 'b2', 2, tmp/'fs', shuffle=True)
+    make_batch(inbox, 'b2', 2, shuffle=True)
     r, = selftrain('macro', s)
     assert r['outcome'] == 'refused' and r['failed_step'] == 'gate', r
     assert R.describe('macro')['version'] == 1
@@ -97,14 +107,12 @@ def _kill_tree(p):
     psutil.wait_procs(procs, timeout=30)
 
 
-# the longest test of the suite (two fine-tunes, a SIGKILL and a resume): run with FACELAB_SLOW=1 (see tests/conftest.py)
-@pytest.mark.slow
 def test_kill_resume_same_result_then_drift_rollback(env):
     from facelab import registry as R
     from facelab.pipeline import State
     from facelab.runs import run_notebook
     tmp, work = env, env/'work'
-    make_batch(work/'inbox', 'b3', 3, tmp/'fs')
+    make_batch(work/'inbox', 'b3', 3, batch=DRIFT_BATCH)
     cmd = [sys.executable, '-c', MAIN, 'selftrain', '--once', '--config', str(tmp/'drift.yaml')]
     out = open(tmp/'killed.log', 'w')
     p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -161,7 +169,7 @@ def test_retention_never_removes_production(env, capsys):
     prod = R.describe('macro')
     prod_run = Path(prod['tags']['facelab.source'])
     runs = sorted((work/'macro'/'runs').iterdir())
-    # 2 runs after the first test (promoted, refused), 3 when the slow kill/resume test ran too
+    # 2 runs after the first test (promoted, refused), 3 after the kill/resume test (its run was rolled back)
     assert prod_run in runs and len(runs) >= 2
     def clean(*a):
         capsys.readouterr()

@@ -17,6 +17,7 @@ __all__ = ['Pos', 'NonNeg', 'PosF', 'NonNegF', 'SCHEMAS', 'SIGNATURES', 'Synth',
 
 # %% ../../nbs/24_train_config.ipynb #96d2adf8
 class _S(BaseModel):
+    "A config section: unknown keys and wrong types are refused (extra='forbid', strict)."
     model_config = ConfigDict(extra='forbid', strict=True)
 
 Pos = Optional[typing.Annotated[int, Field(ge=1)]]

@@ -15,7 +15,7 @@ from ..core import Config, load_config, artifacts_root, seed_everything, mlflow_
 from ..evaluate import write_report, to_jsonable, plot_learning_curve
 
 # %% auto #0
-__all__ = ['facesynth_root', 'resolve_data_root', 'config_path', 'TrainRun']
+__all__ = ['facesynth_version', 'facesynth_root', 'resolve_data_root', 'config_path', 'TrainRun']
 
 # %% ../../nbs/27_train_run.ipynb #0b65c7a2
 def _lock(path:Path):
@@ -25,6 +25,13 @@ def _lock(path:Path):
     f = open(path, 'w')
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
+
+def facesynth_version() -> str:
+    "facelab's version plus a hash of FaceSynth's source (renderer and writers): a renderer change invalidates every FaceSynth cache."
+    import hashlib, facelab.synth
+    h = hashlib.sha1()
+    for f in sorted(Path(facelab.synth.__file__).parent.glob('*.py')): h.update(f.name.encode()); h.update(f.read_bytes())
+    return f"{facelab.__version__}+{h.hexdigest()[:12]}"
 
 def facesynth_root(names:Sequence[str], # FaceSynth dataset names, e.g. ['casme2', 'smic', 'samm']
                    subjects:int|None=None, # subjects per dataset (None: each writer's default)
@@ -47,7 +54,7 @@ def facesynth_root(names:Sequence[str], # FaceSynth dataset names, e.g. ['casme2
     # only the requested datasets' arguments count, so a config listing more datasets shares the cache
     wkw = {n: dict(v) for n, v in sorted(dict(writer_kw or {}).items()) if n in names and v}
     # the folder name is a hash of the values: no config value ever becomes part of a path
-    args = {'names': sorted(names), 'subjects': subjects, 'seed': seed, 'size': size, 'writer_kw': wkw, 'v': facelab.__version__}
+    args = {'names': sorted(names), 'subjects': subjects, 'seed': seed, 'size': size, 'writer_kw': wkw, 'v': facesynth_version()}
     key = f"{'+'.join(sorted(names))}-" + hashlib.sha1(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cache/key
     if (root/'.complete').exists(): return root
