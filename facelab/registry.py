@@ -17,6 +17,7 @@ __all__ = ['TASKS', 'ALIASES', 'HISTORY_TAG', 'check_name', 'model_name', 'safe_
 
 # %% ../nbs/43_registry.ipynb #21ca27d4
 TASKS = ('macro', 'micro', 'au', 'spotting')
+TASKS = (*TASKS, 'detect')   # compliance detection: ONNX from `facelab detect export` (no golden set yet: promote needs --force)
 ALIASES = ('production', 'staging')
 HISTORY_TAG = 'facelab.production_history'
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$')

@@ -20,6 +20,7 @@ __all__ = ['TASK_NOTEBOOKS', 'PARAMS_FILE', 'STATUS_FILE', 'MICRO_DATASETS', 'MI
 # %% ../nbs/34_runs.ipynb #7071e9fb
 TASK_NOTEBOOKS = {'micro': '30_train_micro.ipynb', 'macro': '31_train_macro.ipynb',
                   'au': '32_train_au.ipynb', 'spotting': '33_train_spotting.ipynb'}
+TASK_NOTEBOOKS['detect'] = '36_train_detect.ipynb'   # compliance detection (hairnet, mask): needs facelab[detect]
 
 def nbs_dir() -> Path:
     "The notebooks folder: `$FACELAB_NBS`, else `nbs/` beside the (editable) package."
@@ -350,8 +351,9 @@ def _cli_train(args) -> int:
     check_params(args.task, {**params, **({'fold': 0} if args.fold is not None else {})})
     if params.get('config') and Path(params['config']).exists():
         from facelab.core import load_config
-        from facelab.train.config import validate_config
-        validate_config(load_config(params['config']), args.task)   # a typo fails here, before a run folder exists
+        from facelab.train.config import validate_config, SCHEMAS
+        # a typo fails here, before a run folder exists; detect's Ultralytics keys are checked by facelab.detect.yolo
+        if args.task in SCHEMAS: validate_config(load_config(params['config']), args.task)
     from facelab.train.track import ensure_store
     ensure_store()   # the store is created (migrated) under a lock: parallel `facelab train` processes share it
     root = Path(args.out) if args.out else runs_root()/args.task
