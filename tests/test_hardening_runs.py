@@ -280,7 +280,11 @@ def test_config_typos_are_refused_with_a_suggestion_and_no_run_folder(tmp_path):
 def test_every_config_validates():
     from facelab.core import load_config
     from facelab.train.config import validate_config
-    files = sorted((ROOT/'configs').glob('*.yaml'))
+    from facelab.train.config import SCHEMAS
+    # the training configs (the task is the file name's first word); detect_*.yaml are Ultralytics settings checked
+    # by facelab.detect.yolo, au_agent_lora.yaml is the AU agent's LoRA config
+    files = [f for f in sorted((ROOT/'configs').glob('*.yaml'))
+             if f.name.split('_')[0].removesuffix('.yaml') in SCHEMAS and not f.name.startswith('au_agent')]
     assert len(files) >= 8
     for f in files: validate_config(load_config(f), f.name.split('_')[0].removesuffix('.yaml'))
 

@@ -260,6 +260,7 @@ def test_model_config_checks_do_not_refuse_shipped_configs():
     cfgs = sorted((Path(__file__).parent.parent/'configs').glob('*.yaml'))
     assert cfgs
     for f in cfgs:
+        if f.name.startswith(('detect_', 'au_agent')): continue   # Ultralytics settings and the LoRA config: no facelab model
         m = (yaml.safe_load(f.read_text()) or {}).get('model')
         if m: check_model_config(m['name'], m.get('kwargs'), str(f))
 
