@@ -150,7 +150,7 @@ def hypothesis_text(act:list[ActiveAU], # active AUs of a frame (`active_aus`)
     if not act: return 'No action unit is active: a neutral face.'
     h = expression_hypotheses(act)
     if not h and all(a.au in (41, 42, 43, 44, 45, 46) for a in act):
-        return 'Eyelid movement alone (a blink or closing eyes) is not an expression, so none is suggested.'
+        return 'Eyelid movement alone is not an expression, so none is suggested.'
     if not h: return ('The combination matches no basic-emotion prototype; it may reflect speech, a conversational '
                       'signal or a blend, so no expression is suggested.')
     emo, cov, miss = h[0]
