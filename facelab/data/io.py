@@ -87,7 +87,7 @@ def decode_image(path:str|Path, # image file
     except ImportError as e:
         # a plug-in opener registered by another library (Ultralytics hooks Pillow to retry as HEIF, importing pi_heif)
         # failed on this file: it is still a file Pillow cannot decode
-        raise ImageDecodeError(p, f'corrupt: not a decodable image ({type(e).__name__}: {e})') from None
+        raise ImageDecodeError(p, 'corrupt: not a decodable image') from None
 
 # %% ../../nbs/09_data_io.ipynb #e1780aec
 def label_file(path:str|Path, # the label file
