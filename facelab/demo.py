@@ -17,7 +17,7 @@ import facelab
 __all__ = ['TASKS', 'DEMO_SETTINGS', 'TINY_CONFIGS', 'CPP_BUILD', 'REPORT_NOTEBOOK', 'merge', 'write_config', 'notebook_progress',
            'run_jobs', 'random_interval_f1', 'score_macro', 'score_micro', 'score_au', 'score_spotting',
            'spotting_truth', 'export_task', 'register_promote_deploy', 'ort_rows', 'synth_long_video', 'run_engine',
-           'detect_available', 'score_detect', 'write_report', 'summary_table', 'demo', 'yaml_load', 'add_cli']
+           'detect_available', 'score_detect', 'write_report', 'summary_table', 'demo', 'add_cli']
 
 # %% ../nbs/59_demo.ipynb #e6e53783
 TASKS = ('macro', 'micro', 'au', 'spotting')
@@ -490,8 +490,9 @@ def demo(out='demo', # output folder
         if not r or 'error' in r or 'onnx' not in r.get('export', {}): continue
         try:
             metrics = {k: v for k, v in r.items() if isinstance(v, (int, float))} if t == 'micro' else None
+            from facelab.core import load_config
             r['registry'] = register_promote_deploy(t, r['export']['onnx'], models, int8=r['export'].get('int8'),
-                                                    run_dir=runs[t], metrics=metrics, config=yaml_load(cfgs[t]))
+                                                    run_dir=runs[t], metrics=metrics, config=load_config(cfgs[t]))
             g = r['registry']
             echo(f"    {t}: {g['registered']} v{g['version']}, gate {g['gate']}" +
                  (f", deployed" if g.get('deployed') else f": {'; '.join(g.get('gate_reasons', []))}"))
@@ -534,10 +535,6 @@ def demo(out='demo', # output folder
     echo('\n' + summary_table(S))
     if not S['ok']: echo('FAILED: see the rows above', file=sys.stderr)
     return S
-
-def yaml_load(p) -> dict:
-    import yaml
-    return yaml.safe_load(Path(p).read_text())
 
 # %% ../nbs/59_demo.ipynb #a3ac4122
 def add_cli(sub):
