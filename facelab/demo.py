@@ -4,383 +4,17 @@
 
 # %% ../nbs/59_demo.ipynb #36c9a4ac
 from __future__ import annotations
-import copy, importlib.util, json, os, shutil, subprocess, sys, threading, time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import json, os, shutil, sys, time
 from pathlib import Path
-from typing import Mapping, Sequence
-
-import numpy as np
+from typing import Sequence
 
 import facelab
+from .demo_steps import *
+from .demo_steps import _json
+from .demo_deploy import *
 
 # %% auto #0
-__all__ = ['TASKS', 'DEMO_SETTINGS', 'TINY_CONFIGS', 'CPP_BUILD', 'REPORT_NOTEBOOK', 'merge', 'write_config', 'notebook_progress',
-           'run_jobs', 'random_interval_f1', 'score_macro', 'score_micro', 'score_au', 'score_spotting',
-           'spotting_truth', 'export_task', 'register_promote_deploy', 'ort_rows', 'synth_long_video', 'run_engine',
-           'detect_available', 'score_detect', 'write_report', 'summary_table', 'demo', 'add_cli']
-
-# %% ../nbs/59_demo.ipynb #e6e53783
-TASKS = ('macro', 'micro', 'au', 'spotting')
-
-#: per mode and task: `params` (notebook parameters), `config` (merged over the task's tiny config), `folds` (micro LOSO)
-DEMO_SETTINGS = {
-    'full': {
-        'macro': {'params': {}, 'config': {}},
-        'micro': {'params': {}, 'config': {}, 'folds': 'all'},
-        'au': {'params': {'fold': 0}, 'config': {}},
-        'spotting': {'params': {'fold': 0}, 'config': {}},
-    },
-    'quick': {
-        'macro': {'params': {'stages': 'rafdb', 'epochs': 6}, 'config': {}},
-        'micro': {'params': {}, 'config': {}, 'folds': [0, 2, 4]},   # 10 epochs: pooled UF1 0.58 but the gate refused (negative recall 0.375)
-        'au': {'params': {'fold': 0}, 'config': {'train': {'epochs': 2}}},
-        'spotting': {'params': {'fold': 0}, 'config': {'train': {'epochs': 4}}},
-    },
-}
-TINY_CONFIGS = {'macro': 'macro_poster_tiny.yaml', 'micro': 'micro_videomae_tiny.yaml',
-                'au': 'au_opengraphau_tiny.yaml', 'spotting': 'spotting_tiny.yaml'}
-
-def merge(a:Mapping, b:Mapping) -> dict:
-    "`a` updated recursively by `b` (mappings merge, anything else replaces); neither is modified."
-    out = copy.deepcopy(dict(a))
-    for k, v in b.items():
-        out[k] = merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else copy.deepcopy(v)
-    return out
-
-def write_config(task:str, # one of TASKS
-                 overrides:Mapping, # merged over the tiny config
-                 out_dir, # folder to write <task>.yaml into
-                ) -> Path:
-    "The task's tiny config with `overrides`, as a YAML file the training notebook takes as its `config`."
-    import yaml
-    from facelab.train.run import config_path
-    cfg = merge(yaml.safe_load(config_path(TINY_CONFIGS[task]).read_text()), overrides)
-    out = Path(out_dir)/f'{task}.yaml'; out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return out
-
-# %% ../nbs/59_demo.ipynb #2b675849
-def _cpu() -> float:
-    "CPU seconds of this process and its finished children (the notebook kernels)."
-    import resource
-    return sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for k in ('ru_utime', 'ru_stime'))
-
-def _job(task, params, run_dir):
-    "Worker: one training notebook; returns (task, run folder, seconds, CPU seconds) or raises with the notebook's own error line."
-    os.environ.setdefault('OMP_NUM_THREADS', '1')
-    from facelab.runs import run_notebook, micro_pretrain
-    t0, c0 = time.time(), _cpu()
-    if task == 'micro-stage1': micro_pretrain(params['config']); d = None
-    else: run_notebook(task, params, run_dir); d = str(run_dir)
-    return task, d, time.time() - t0, _cpu() - c0
-
-def notebook_progress(run_dir) -> tuple[int, int]|None:
-    "(executed code cells, code cells) of the notebook papermill is writing in `run_dir`; None before it exists."
-    p = Path(run_dir)/'notebook.ipynb'
-    try: nb = json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError): return None
-    code = [c for c in nb.get('cells', []) if c.get('cell_type') == 'code']
-    done = sum(1 for c in code if (c.get('metadata', {}).get('papermill', {}) or {}).get('status') == 'completed')
-    return done, len(code)
-
-def run_jobs(jobs:Sequence[tuple], # (name, task, params, run_dir or None)
-             workers:int=2, # parallel notebook processes
-             every:float=20.0, # seconds between progress lines
-             echo=print) -> dict:
-    "Run the training jobs in `workers` processes; returns name -> {'dir', 'seconds'} or {'error'}. Prints progress."
-    import multiprocessing as mp
-    res, t0, stop, futs = {}, time.time(), threading.Event(), {}
-    def ticker():
-        while not stop.wait(every):
-            parts, queued = [], 0
-            for fut, (name, d) in list(futs.items()):
-                if fut.done(): continue
-                if not fut.running(): queued += 1; continue
-                pr = notebook_progress(d) if d else None
-                if d and pr is None: queued += 1; continue    # handed to the pool, its notebook not started yet
-                parts.append(f"{name} {pr[0]}/{pr[1]} cells" if pr else f"{name} running")
-            if parts or queued:
-                echo(f"  [{time.time() - t0:4.0f} s] " + ', '.join(parts) + (f"; {queued} queued" if queued else ''), flush=True)
-    th = threading.Thread(target=ticker, daemon=True); th.start()
-    try:
-        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context('spawn')) as ex:
-            for name, task, params, run_dir in jobs: futs[ex.submit(_job, task, params, run_dir)] = (name, run_dir)
-            for i, fut in enumerate(as_completed(list(futs)), 1):
-                name, run_dir = futs[fut]
-                try:
-                    _, d, secs, cpu = fut.result()
-                    res[name] = {'dir': d, 'seconds': round(secs, 1), 'cpu_seconds': round(cpu, 1)}
-                    echo(f"  [{time.time() - t0:4.0f} s] {i}/{len(jobs)} {name} finished in {secs:.0f} s ({cpu:.0f} CPU s)", flush=True)
-                except Exception as e:
-                    msg = ' '.join(str(e).split())[:600] or type(e).__name__
-                    res[name] = {'error': msg, 'dir': str(run_dir) if run_dir else None}
-                    echo(f"  [{time.time() - t0:4.0f} s] {i}/{len(jobs)} {name} FAILED: {msg}", flush=True)
-    finally:
-        stop.set()
-    return res
-
-# %% ../nbs/59_demo.ipynb #3e196f57
-def random_interval_f1(preds:Mapping, # video -> predicted intervals
-                       gts:Mapping, # video -> ground-truth intervals
-                       lengths:Mapping, # video -> number of frames
-                       draws:int=20, seed:int=0) -> float:
-    "Mean overall spotting F1 of random spotters: each video's predicted intervals kept (count, lengths, kinds), moved to uniform random onsets."
-    from facelab.evaluate import spotting_scores, as_intervals, Interval
-    rng, f1 = np.random.default_rng(seed), []
-    for _ in range(draws):
-        rand = {}
-        for v, ivs in preds.items():
-            T, out = int(lengths[v]), []
-            for iv in as_intervals(ivs):
-                n = iv.offset - iv.onset
-                on = int(rng.integers(0, max(1, T - n)))
-                out.append(Interval(on, min(T - 1, on + n), iv.kind))
-            rand[v] = out
-        f1.append(spotting_scores(rand, gts)['overall']['f1'])
-    return float(np.mean(f1))
-
-# %% ../nbs/59_demo.ipynb #9cca7229
-def _json(p): return json.loads(Path(p).read_text())
-
-def score_macro(run_dir) -> dict:
-    "RAF-DB test accuracy of the last stage vs the majority-class rate of the test labels."
-    import pandas as pd
-    m, p = _json(Path(run_dir)/'metrics.json'), pd.read_parquet(Path(run_dir)/'predictions.parquet')
-    return {'protocol': f"{m['test_set']} ({' -> '.join(m['stages_run'])}), {len(p)} images", 'metric': 'accuracy',
-            'value': float(m['accuracy']), 'chance': float(p.y_true.value_counts(normalize=True).max()),
-            'chance_is': 'majority class'}
-
-def score_micro(study_dir, n_folds_total:int) -> dict:
-    "MEGC2019 UF1 pooled over the LOSO folds run, vs 1/3 (a guesser drawing classes at the test rates)."
-    from facelab.runs import collect_study
-    from facelab.evaluate import megc_scores
-    from facelab.core import MEGC3
-    pooled, metrics = collect_study(study_dir, allow_partial=True)
-    s = megc_scores(pooled, len(MEGC3), by='dataset')
-    subset = '' if len(metrics) == n_folds_total else f" (subset: {len(metrics)} of {n_folds_total} folds)"
-    return {'protocol': f"MEGC2019 composite, LOSO, pooled over {len(metrics)} test subjects{subset}, {s['n']} clips",
-            'metric': 'UF1', 'value': float(s['uf1']), 'uar': float(s['uar']), 'chance': 1 / len(MEGC3),
-            'chance_is': 'class-rate guesser', 'folds': sorted(metrics)}
-
-def score_au(run_dir) -> dict:
-    "Mean AU F1 on the test fold's subjects vs the F1 of predicting every AU present."
-    m = _json(Path(run_dir)/'metrics.json')
-    ds = m['datasets'] if isinstance(m['datasets'], list) else str(m['datasets']).split(',')
-    return {'protocol': f"{'+'.join(ds)} 3-fold subject-exclusive, test fold {m['fold']}", 'metric': 'mean F1',
-            'value': float(m['mean_f1']), 'chance': float(np.mean([m[d]['all_present_f1'] for d in ds])),
-            'chance_is': "'every AU present'", 'mean_auc': float(np.mean([m[d]['mean_auc'] for d in ds]))}
-
-def score_spotting(run_dir, gts:Mapping, lengths:Mapping) -> dict:
-    "Overall MEGC spotting F1 on the test videos vs random intervals (and the optical-flow baseline)."
-    import pandas as pd
-    m, p = _json(Path(run_dir)/'metrics.json'), pd.read_parquet(Path(run_dir)/'predictions.parquet')
-    preds = {v: list(zip(g.onset, g.offset, g.kind)) for v, g in p.groupby('video')}
-    preds = {v: preds.get(v, []) for v in gts}
-    from facelab.evaluate import spotting_scores
-    f1 = spotting_scores(preds, gts)['overall']['f1']   # the ground truth read here is the one the notebook scored against
-    if abs(f1 - m['overall']['f1']) > 1e-9: raise ValueError(f"{run_dir}: test F1 recomputed from predictions.parquet {f1:.4f} != metrics.json {m['overall']['f1']:.4f}")
-    return {'protocol': f"CAS(ME)3 Part A, test fold {m['fold']} of {m['n_folds']}, {len(gts)} videos", 'metric': 'F1 (IoU 0.5)',
-            'value': float(m['overall']['f1']), 'chance': random_interval_f1(preds, gts, lengths), 'chance_is': 'random intervals',
-            'baseline_flow_f1': float(m['baseline']['overall']['f1'])}
-
-# %% ../nbs/59_demo.ipynb #d9e9e462
-def spotting_truth(run_dir) -> tuple[dict, dict]:
-    "(video -> ground-truth intervals, video -> frame count) of the test videos of a spotting run."
-    from facelab.core import load_config
-    from facelab.train.run import resolve_data_root
-    from facelab.data.casme3 import load_casme3
-    from facelab.evaluate import Interval
-    run_dir = Path(run_dir)
-    split, cfg, params = _json(run_dir/'split.json'), load_config(run_dir/'config.yaml'), _json(run_dir/'papermill_params.json')['params']
-    cache = params.get('cache_dir')
-    root, _ = resolve_data_root(params.get('data_root'), ['casme3'], cache=Path(cache)/'facesynth' if cache else None, **cfg.data.synth)
-    df = load_casme3(root/'casme3').set_index('sample_id')
-    test = split['test']['videos']
-    gts, lengths = {}, {}
-    for v in test:
-        r = df.loc[v]
-        gts[v] = [Interval(int(iv['onset']), int(iv['offset']), str(iv['kind'])) for iv in r.intervals]
-        lengths[v] = int(len(r.frames))
-    return gts, lengths
-
-# %% ../nbs/59_demo.ipynb #df6cd3a5
-def export_task(task:str, checkpoints:Sequence, out_dir, input_shape=None,
-                n_parity:int=8, # random and FaceSynth parity inputs each (`to_onnx`)
-               ) -> dict:
-    "fp32 ONNX (an averaged-softmax ensemble for several micro folds) and int8 where facelab calibrates it (macro, au)."
-    from facelab.export_cli import export_checkpoint, INT8_TASKS
-    t0 = time.time()
-    w = export_checkpoint(task, list(checkpoints), Path(out_dir)/f'{task}.onnx', int8=task in INT8_TASKS, input_shape=input_shape,
-                          n_parity=n_parity)
-    w['int8_note'] = 'written' if 'int8' in w else f"not made: int8 export is calibrated and checked for {', '.join(INT8_TASKS)} only"
-    w['ensemble_of'] = len(checkpoints)
-    w['seconds'] = round(time.time() - t0, 1)
-    return w
-
-def register_promote_deploy(task:str, onnx, model_dir, int8=None, run_dir=None, metrics:Mapping|None=None,
-                            config:Mapping|None=None) -> dict:
-    "Register a version, promote it through the gates (golden set; dual track against an earlier production) and deploy it if it passes."
-    from facelab import registry as R
-    if run_dir is not None and task != 'micro': v = R.register_run(task, run_dir, onnx=onnx, int8=int8)
-    else: v = R.register(task, onnx, int8=int8, metrics=metrics, config=config, source=str(run_dir or ''))
-    out = {'registered': v['name'], 'version': v['version']}
-    try:
-        r = R.promote(task, v['version'])
-        out.update(gate='passed', gate_score=r['gate']['candidate'].get('score'), gate_score_name=r['gate']['candidate'].get('score_name'))
-    except R.GateRefused as e:
-        lines = str(e).splitlines()
-        out.update(gate='refused', gate_reasons=[l.strip() for l in lines[1:]], deployed=None)
-        return out
-    d = R.deploy(task, model_dir)
-    out.update(deployed=d['files'], engine_config=d['engine_config'])
-    return out
-
-# %% ../nbs/59_demo.ipynb #82feb3c0
-CPP_BUILD = Path(os.environ.get('FACELAB_CPP_BUILD') or Path(facelab.__file__).resolve().parent.parent/'cpp'/'build')
-
-def ort_rows(models:Mapping) -> list[dict]:
-    "P50 latency (ms) of each ONNX file under Python onnxruntime, 1 thread: one row per (task, precision)."
-    from facelab.export import read_metadata
-    from facelab.export_quant import ort_latency
-    rows = []
-    for (task, kind), path in models.items():
-        shape = [abs(int(s)) or 1 for s in read_metadata(path)['input_shape']]
-        x = np.random.default_rng(0).standard_normal([1, *shape[1:]]).astype(np.float32)
-        lat = ort_latency(path, x, warmup=5, runs=30, threads=1)
-        rows.append({'task': task, 'runtime': f'python onnxruntime {kind}', 'p50_ms': round(lat['p50_ms'], 3), 'p90_ms': round(lat['p90_ms'], 3)})
-    return rows
-
-def synth_long_video(out_dir, seconds:float=10.0, fps:float=30.0, size:int=128, seed:int=7,
-                     feature_config:Mapping|None=None, # the spotting model's `feature_config` metadata (default: FlowFeatureConfig())
-                    ) -> dict:
-    "A FaceSynth long video (MJPG .avi of face-crop frames), its per-frame spotting features (CSV) and its events."
-    import cv2
-    from facelab.synth.face import sample_identity, sample_appearance, render_face
-    from facelab.synth.video import long_video, iter_frames
-    from facelab.models.spotting_flow import video_features, FlowFeatureConfig
-    fcfg = FlowFeatureConfig(**dict(feature_config)) if feature_config else FlowFeatureConfig()
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    idn, app = sample_identity(rng), sample_appearance(rng)
-    events = long_video(rng, fps=fps, seconds=seconds, n_micro=2, n_macro=1, n_distractors=2)
-    T = int(round(fps * seconds))
-    frames = [im for _, im in iter_frames(idn, events, T, fps, size=size, appearance=app, seed=seed)]
-    vid = out_dir/'long_video.avi'
-    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*'MJPG'), fps, (size, size))
-    if not w.isOpened(): raise RuntimeError(f"{vid}: OpenCV cannot write MJPG video here")
-    for f in frames: w.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    w.release()
-    feats = video_features(frames, render_face(idn, size=size, appearance=app).landmarks, fps, fcfg)
-    np.savetxt(out_dir/'long_video_features.csv', feats, delimiter=',', fmt='%.6g')
-    ev = [{'kind': e.kind, 'onset': int(e.onset), 'offset': int(e.offset)} for e in events]
-    (out_dir/'long_video_events.json').write_text(json.dumps(ev, indent=1))
-    return {'video': str(vid), 'features': str(out_dir/'long_video_features.csv'), 'frames': T, 'fps': fps, 'events': ev}
-
-def run_engine(engine_json, video:Mapping, out_dir, iters:int=50) -> dict:
-    "facelab_run on the video (JSONL per frame) and facelab_bench on the config; `skipped` with the reason when not built."
-    run, bench = CPP_BUILD/'facelab_run', CPP_BUILD/'facelab_bench'
-    if not run.exists() or not bench.exists():
-        return {'skipped': f"the C++ engine is not built ({run} missing): run `make cpp`"}
-    out_dir = Path(out_dir)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    jl = out_dir/'engine_run.jsonl'
-    r = subprocess.run([str(run), '--config', str(engine_json), '--input', video['video'], '--features', video['features'],
-                        '--out', str(jl)], capture_output=True, text=True, env=env, timeout=900)
-    if r.returncode != 0: raise RuntimeError(f"{run} failed (exit {r.returncode}): {r.stderr.strip()[-800:]}")
-    rows = [json.loads(l) for l in jl.read_text().splitlines()]
-    frames, end = rows[:-1], rows[-1]
-    lat = {}
-    for f in frames:
-        for k, v in f.get('latency_ms', {}).items(): lat.setdefault(k, []).append(v)
-    spots = [iv for f in frames for iv in f.get('spotting', [])] + list(end.get('spotting', []))
-    out = {'jsonl': str(jl), 'frames': len(frames), 'video_frames': video['frames'],
-           'mean_latency_ms': {k: round(float(np.mean(v)), 3) for k, v in lat.items()},
-           'macro_labels': dict(sorted(__import__('collections').Counter(f['macro']['label'] for f in frames if 'macro' in f).items())),
-           'micro_windows': sum(1 for f in frames if 'micro' in f), 'spotting_intervals': spots,
-           'true_events': [e for e in video['events'] if e['kind'] in ('micro', 'macro')]}
-    bj = out_dir/'engine_bench.json'
-    r = subprocess.run([str(bench), '--config', str(engine_json), '--iters', str(iters), '--warmup', '5', '--out', str(bj)],
-                       capture_output=True, text=True, env=env, timeout=900)
-    if r.returncode != 0: raise RuntimeError(f"{bench} failed (exit {r.returncode}): {r.stderr.strip()[-800:]}")
-    b = _json(bj)
-    out['bench'] = str(bj)
-    out['latency_rows'] = [{'task': t, 'runtime': f'C++ {k}', 'p50_ms': round(float(e[k]['p50']), 3), 'p90_ms': round(float(e[k]['p90']), 3)}
-                           for t, e in b.get('engines', {}).items() for k in ('engine', 'bare') if k in e]
-    if 'total_per_frame' in b:
-        out['latency_rows'].append({'task': 'all', 'runtime': 'C++ pipeline per frame', 'p50_ms': round(float(b['total_per_frame']['p50']), 3),
-                                    'p90_ms': round(float(b['total_per_frame']['p90']), 3)})
-    return out
-
-# %% ../nbs/59_demo.ipynb #4b9c8e28
-def detect_available() -> str|None:
-    "None when the detection task can run here, else why not."
-    if importlib.util.find_spec('facelab.detect') is None: return 'not built (facelab.detect does not exist yet)'
-    from facelab.runs import TASK_NOTEBOOKS
-    if 'detect' not in TASK_NOTEBOOKS: return "not built (no 'detect' training notebook in facelab.runs.TASK_NOTEBOOKS)"
-    if importlib.util.find_spec('ultralytics') is None: return "needs the detect extra: pip install 'facelab[detect]'"
-    return None
-
-def _find_key(d, keys):
-    "The first value under any of `keys` in a nested dict (depth first), else None."
-    if isinstance(d, Mapping):
-        for k in keys:
-            if k in d and isinstance(d[k], (int, float)): return k, float(d[k])
-        for v in d.values():
-            r = _find_key(v, keys)
-            if r: return r
-    return None
-
-def score_detect(run_dir) -> dict:
-    "mAP@0.5 from the detection run's metrics.json; chance is 0 (a detector that boxes nothing)."
-    m = _json(Path(run_dir)/'metrics.json')
-    got = _find_key(m, ('map50', 'mAP50', 'map_50', 'mAP@0.5', 'map50_test'))
-    if got is None: raise KeyError(f"{Path(run_dir)/'metrics.json'}: no mAP@0.5 key (looked for map50, mAP50, map_50)")
-    return {'protocol': 'FaceSynth scenes, held-out identities', 'metric': 'mAP@0.5', 'value': got[1], 'chance': 0.0,
-            'chance_is': 'no boxes'}
-
-REPORT_NOTEBOOK = '58_demo_report.ipynb'
-
-def write_report(out_dir) -> Path:
-    "Execute nbs/58_demo_report.ipynb on the demo folder (papermill) and convert it to `<out>/report.html` (nbconvert)."
-    import papermill as pm, nbformat
-    from nbconvert import HTMLExporter
-    from facelab.runs import nbs_dir
-    out_dir = Path(out_dir).resolve()
-    nb = nbs_dir()/REPORT_NOTEBOOK
-    executed = out_dir/'report'/'report.ipynb'; executed.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(nb), str(executed), parameters={'demo_dir': str(out_dir)}, kernel_name='python3',
-                        progress_bar=False, cwd=str(nb.parent))
-    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(executed, as_version=4))
-    html = out_dir/'report.html'
-    html.write_text(body)
-    return html
-
-# %% ../nbs/59_demo.ipynb #7e344ef5
-def summary_table(s:Mapping) -> str:
-    "The demo's one table as text: a row per task (metric vs chance, export, gate, deploy), latency rows, artefact paths."
-    L = [f"facelab demo ({s['mode']}) in {s.get('seconds', 0):.0f} s -> {s['out']}", '']
-    L.append(f"{'task':<9} {'metric':<13} {'value':>6} {'chance':>6} {'>chance':>7}  {'export':<22} {'gate':<8} {'deployed':<9} protocol")
-    for t, r in s['tasks'].items():
-        if 'skipped' in r or 'error' in r:
-            L.append(f"{t:<9} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['error']}"); continue
-        ex = r.get('export', {})
-        exs = ('fp32+int8' if 'int8' in ex else 'fp32') + (f" ({ex['ensemble_of']} folds)" if ex.get('ensemble_of', 1) > 1 else '') if ex else '-'
-        reg = r.get('registry', {})
-        dep = f"v{reg['version']}" if reg.get('deployed') else ('no' if reg else '-')
-        L.append(f"{t:<9} {r['metric']:<13} {r['value']:>6.3f} {r['chance']:>6.3f} {'yes' if r['value'] > r['chance'] else 'NO':>7}  "
-                 f"{exs:<22} {reg.get('gate', '-'):<8} {dep:<9} {r['protocol']}")
-        for why in reg.get('gate_reasons', []): L.append(f"{'':<9} gate: {why}")
-    L += ['', f"{'latency':<9} {'runtime':<30} {'P50 ms':>8} {'P90 ms':>8}"]
-    for r in s.get('latency', []): L.append(f"{r['task']:<9} {r['runtime']:<30} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f}")
-    e = s.get('engine', {})
-    if 'skipped' in e: L.append(f"{'engine':<9} skipped: {e['skipped']}")
-    elif 'error' in e: L.append(f"{'engine':<9} FAILED: {e['error']}")
-    elif e: L.append(f"{'engine':<9} facelab_run: {e['frames']} frames of the long video; {e['micro_windows']} micro windows; "
-                     f"{len(e['spotting_intervals'])} spotting intervals (the video has {len(e['true_events'])} expressions)")
-    L += ['', 'artefacts:']
-    for k, v in s.get('artefacts', {}).items(): L.append(f"  {k:<14} {v}")
-    return '\n'.join(L)
+__all__ = ['demo', 'add_cli']
 
 # %% ../nbs/59_demo.ipynb #24d7b82f
 def _echo(*a, **k): print(*a, **{'flush': True, **k})
@@ -461,11 +95,15 @@ def demo(out='demo', # output folder
         if det_why: S['tasks']['detect'] = {'skipped': det_why}
         elif 'error' in res['detect']: S['tasks']['detect'] = {'error': res['detect']['error']}
         else:
-            try: S['tasks']['detect'] = {**score_detect(res['detect']['dir']), 'run': res['detect']['dir']}
+            try:
+                S['tasks']['detect'] = {**score_detect(res['detect']['dir']), 'run': res['detect']['dir'],
+                                        'train_seconds': res['detect']['seconds'], 'train_cpu_seconds': res['detect']['cpu_seconds']}
+                r = S['tasks']['detect']; echo(f"    detect: {r['metric']} {r['value']:.3f} (chance {r['chance']:.3f}, {r['chance_is']})")
             except Exception as e: S['tasks']['detect'] = {'error': f"{type(e).__name__}: {e}"}
 
     # 3-4. export, register, gate, deploy
-    echo('3/6 exporting to ONNX (fp32; int8 for macro and au)')
+    from facelab.export_cli import INT8_TASKS
+    echo(f"3/6 exporting to ONNX (fp32; int8 for {', '.join(t for t in TASKS if t in INT8_TASKS)})")
     exp, models = out/'export', out/'models'
     onnx_files = {}
     for t in TASKS:
@@ -484,6 +122,13 @@ def demo(out='demo', # output folder
                  + f" ({r['export']['seconds']} s)")
         except Exception as e:
             r['export'] = {'error': f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}; echo(f"    {t}: export FAILED {r['export']['error']}")
+    d = S['tasks'].get('detect')
+    if d and 'run' in d:
+        try:
+            d['export'] = export_detect_run(d['run'], exp/'detect'); onnx_files[('detect', 'fp32')] = d['export']['onnx']
+            echo(f"    detect: {d['export']['onnx']} ({d['export']['seconds']} s)")
+        except Exception as e:
+            d['export'] = {'error': f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}; echo(f"    detect: export FAILED {d['export']['error']}")
     echo(f"4/6 registering, gating and deploying (MLflow store {out/'mlflow.db'}; models -> {models})")
     for t in TASKS:
         r = S['tasks'].get(t)
@@ -498,6 +143,13 @@ def demo(out='demo', # output folder
                  (f", deployed" if g.get('deployed') else f": {'; '.join(g.get('gate_reasons', []))}"))
         except Exception as e:
             r['registry'] = {'error': f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}; echo(f"    {t}: registry FAILED {r['registry']['error']}")
+    if d and 'onnx' in d.get('export', {}):
+        try:
+            d['registry'] = g = register_promote_detect(d['export']['onnx'], d['run'], models)
+            echo(f"    detect: {g['registered']} v{g['version']}, gate {g['gate']}" + (f" ({g['gate_note']})" if g.get('gate_note') else '')
+                 + f", deployed to {models/'detect.onnx'}; {g['check']}")
+        except Exception as e:
+            d['registry'] = {'error': f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}; echo(f"    detect: registry FAILED {d['registry']['error']}")
 
     # 5. latency and the engine
     echo('5/6 latency (onnxruntime, 1 thread) and the C++ engine on a FaceSynth long video')
@@ -542,9 +194,11 @@ def add_cli(sub):
     d = sub.add_parser('demo', help='end to end on FaceSynth: train, evaluate, export, register, gate, deploy and serve every task',
         description='The whole product path in one command, on FaceSynth data it makes itself: the macro, micro (LOSO), AU '
                     'and spotting training notebooks (tiny configs, papermill, in parallel), each scored with its protocol '
-                    'against chance, exported to ONNX (+ int8 for macro and au), registered in an MLflow store in the '
-                    'output folder, promoted through the golden-set gate and deployed with an engine.json; the C++ engine '
-                    '(cpp/build, when built) runs on a FaceSynth long video; detection when facelab.detect exists. Prints '
+                    'against chance, exported to ONNX (+ int8 for the tasks whose int8 passed its accuracy check), registered '
+                    'in an MLflow store in the output folder, promoted through the golden-set gate and deployed with an '
+                    'engine.json; the C++ engine (cpp/build, when built) runs on a FaceSynth long video; in the full demo, '
+                    'hairnet/mask detection (with facelab[detect]) is trained, exported, registered, promoted without a gate '
+                    '(there is no golden set for it) and deployed beside the engine models. Prints '
                     'one summary table, writes summary.json and report.html. --quick: fewer epochs and 3 of the 6 micro '
                     'LOSO folds (CI). Exit code 1 if a task does not beat chance or a step fails.')
     d.add_argument('--out', default='demo', help='output folder (runs, ONNX files, deployed models, store, report)')

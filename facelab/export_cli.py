@@ -15,8 +15,8 @@ from .export import ExportResult, to_onnx, model_normalisation, file_sha256, dep
 from .export_quant import quantize_int8, facesynth_calibration
 
 # %% auto #0
-__all__ = ['ENSEMBLE_TASKS', 'MODEL_TASKS', 'INT8_TASKS', 'FoldEnsemble', 'export_ensemble', 'task_of', 'load_for_task',
-           'deploy_shape', 'export_checkpoint', 'add_cli']
+__all__ = ['ENSEMBLE_TASKS', 'MODEL_TASKS', 'INT8_TASKS', 'INT8_LEFT_OUT', 'FoldEnsemble', 'export_ensemble', 'task_of',
+           'load_for_task', 'deploy_shape', 'export_checkpoint', 'add_cli']
 
 # %% ../nbs/42_export_cli.ipynb #fa851d4f
 class FoldEnsemble(nn.Module):
@@ -45,7 +45,10 @@ def export_ensemble(models:Sequence[nn.Module], out, task:str='micro', **kw) -> 
 # %% ../nbs/42_export_cli.ipynb #c29435e5
 #: model-name prefix -> task, for refusing a checkpoint exported under the wrong task
 MODEL_TASKS = {'poster_v2': 'macro', 'videomae': 'micro', 'opengraphau': 'au', 'spotting': 'spotting'}
-INT8_TASKS = ('macro', 'au')
+#: tasks whose int8 copy passed `int8_experiment` (held-out FaceSynth score within INT8_TOLERANCE of fp32)
+INT8_TASKS = ('macro', 'au', 'micro', 'spotting')
+#: task -> why it has no int8 export (a failed accuracy check, with its numbers)
+INT8_LEFT_OUT = {}
 
 def task_of(config:Mapping) -> str|None:
     "The task a model config belongs to, from its registered name."
@@ -63,7 +66,10 @@ def load_for_task(path, task:str) -> nn.Module:
                          f"{sorted(MODEL_TASKS)}, no meta['task'])")
     if found != {task}:
         raise ValueError(f"{path}: checkpoint holds model {name!r} for task {'/'.join(sorted(found))!r}, not a {task!r} model")
-    return deploy_module(model, task)
+    wrapped = deploy_module(model, task)
+    if wrapped is not model:   # the spotting head wrapper keeps what the model file recorded (run id, fitted decoder, ...)
+        wrapped.facelab_meta, wrapped.facelab_config = getattr(model, 'facelab_meta', {}) or {}, model.facelab_config
+    return wrapped
 
 def deploy_shape(meta:Mapping, task:str) -> tuple|None:
     "The batch-1 input shape a model file's meta records: `input_shape`, or `input_size` for the image tasks."
@@ -77,7 +83,9 @@ def export_checkpoint(task:str, checkpoints:Sequence, out, int8:bool=False,
     "Export one checkpoint, or an ensemble of several, with optional int8; returns the written paths."
     checkpoints = [Path(p) for p in checkpoints]
     if not checkpoints: raise ValueError('give a checkpoint (or several for an ensemble)')
-    if int8 and task not in INT8_TASKS: raise ValueError(f"int8 export is calibrated and checked for {INT8_TASKS}, not {task!r}")
+    if int8 and task not in INT8_TASKS:
+        raise ValueError(f"int8 export is calibrated and checked for {INT8_TASKS}, not {task!r}"
+                         + (f": {INT8_LEFT_OUT[task]}" if task in INT8_LEFT_OUT else ''))
     if len(checkpoints) > 1 and task not in ENSEMBLE_TASKS:
         raise ValueError(f"an ensemble averages softmax: only for {ENSEMBLE_TASKS}, not {task!r}")
     for p in checkpoints:
@@ -94,6 +102,10 @@ def export_checkpoint(task:str, checkpoints:Sequence, out, int8:bool=False,
     if names: opts['class_names'] = list(names)
     if meta.get('thresholds') is not None:
         opts['extra_metadata'] = {**dict(opts.get('extra_metadata') or {}), 'thresholds': list(meta['thresholds'])}
+    # a spotting run records the decoder it fitted on its validation videos and the feature config it was trained on:
+    # they replace the defaults in the graph's metadata, so every runtime decodes as the run was scored
+    sp = {k: meta[k] for k in ('decoder', 'feature_config', 'feature_names') if task == 'spotting' and k in meta}
+    if sp: opts['extra_metadata'] = {**dict(opts.get('extra_metadata') or {}), **sp}
     opts.update(kw)
     if len(models) > 1:
         opts['extra_metadata'] = {**dict(opts.get('extra_metadata') or {}),
@@ -126,7 +138,7 @@ def add_cli(sub):
     src.add_argument('--checkpoint', help='model file saved by facelab (config + state_dict)')
     src.add_argument('--ensemble', nargs='+', metavar='CKPT', help='several fold checkpoints -> one averaged-softmax graph')
     p.add_argument('--out', required=True, help='destination .onnx file')
-    p.add_argument('--int8', action='store_true', help='also write a static int8 (QDQ) model calibrated on FaceSynth (macro, au)')
+    p.add_argument('--int8', action='store_true', help=f"also write a static int8 (QDQ) model calibrated on FaceSynth ({', '.join(INT8_TASKS)})")
     p.add_argument('--input-shape', help='deploy input shape with batch 1, e.g. 1,3,112,112 (default: the model meta or the contract)')
     p.add_argument('--strict', action='store_true', help='require the deploy contract input shape exactly')
     p.set_defaults(func=_cli_export)

@@ -17,19 +17,57 @@ from .export import (read_metadata, set_metadata, atomic_save, facesynth_inputs,
 from .integrity import WEIGHTS_SHA256_KEY, onnx_weights_sha256, verify_onnx_weights
 
 # %% auto #0
-__all__ = ['INT8_MODELS', 'facesynth_calibration', 'prelu_as_max', 'quantize_int8', 'onnx_predict', 'facesynth_labelled',
-           'task_score', 'chance_score', 'ort_latency', 'compare_latency', 'xavier_fusion', 'train_briefly',
-           'int8_experiment']
+__all__ = ['INT8_MODELS', 'INT8_TOLERANCE', 'INT8_SPOT_VIDEO', 'facesynth_calibration', 'clip_calibration', 'window_calibration',
+           'prelu_as_max', 'quantize_int8', 'onnx_predict', 'facesynth_labelled', 'task_score', 'chance_score',
+           'ort_latency', 'compare_latency', 'xavier_fusion', 'train_briefly', 'int8_experiment']
 
 # %% ../nbs/41_export_quant.ipynb #159e7bc4
 def facesynth_calibration(meta:Mapping|str|Path, # metadata dict of the fp32 model, or its path
                           n:int=32, seed:int=1000, # seeds >= 1000 stay clear of parity (0, 7) and evaluation sets
                          ) -> list[np.ndarray]:
-    "`n` FaceSynth inputs (batch 1) for an exported model, normalised as its metadata says."
+    "`n` FaceSynth inputs (batch 1) for an exported model: faces, micro-expression face clips or spotting feature windows."
     if not isinstance(meta, Mapping): meta = read_metadata(meta)
-    shape = [1] + list(meta['input_shape'][1:])
+    shape = [1] + [int(s) for s in meta['input_shape'][1:]]
     kw = dict(mean=meta['mean'], std=meta['std'], color_order=meta.get('color_order', 'RGB')) if meta.get('mean') else {}
+    if len(shape) == 5: return clip_calibration(shape, n, seed, **kw)
+    if len(shape) == 3: return window_calibration(meta, n, seed)
     return [x.numpy() for x in facesynth_inputs(shape, n, seed, **kw)]
+
+def clip_calibration(shape:Sequence[int], # (1, T, 3, H, W)
+                     n:int=32, seed:int=1000, # seeds the people (`expression_clips`): other seeds, other people
+                     mean:Sequence[float]=IMAGENET_MEAN, std:Sequence[float]=IMAGENET_STD, color_order:str='RGB',
+                    ) -> list[np.ndarray]:
+    "`n` micro-expression clips cropped to the face as the micro datasets hold them (MEGC3 classes in turn, a new person per 3 clips)."
+    from facelab.core import MEGC3
+    from facelab.synth.clipset import expression_clips
+    T, C, H, W = (int(s) for s in shape[1:])
+    if C != 3 or H != W: raise ValueError(f"FaceSynth clips are square RGB: got input shape {tuple(shape)}")
+    cs = expression_clips('micro', MEGC3, subjects=-(-n // len(MEGC3)), per_class=1, seed=seed, n_frames=T,
+                          render=max(96, H * 3 // 2), size=H)
+    x = _normalise(cs.frames[:n], mean, std, color_order).numpy()
+    return [np.ascontiguousarray(c[None]) for c in x]
+
+def window_calibration(meta:Mapping, # spotting model metadata: input_shape (1, W, F), feature_config
+                       n:int=32, seed:int=1000, # video seeds seed*100, seed*100+1, ...
+                       per_video:int=16, # windows drawn from each video
+                       seconds:float|None=None, # video length; default 2 windows
+                       size:int=96, # rendered frame side
+                      ) -> list[np.ndarray]:
+    "`n` windows of FaceSynth long videos' flow features, computed with the model's own feature config (cached under the artifacts root)."
+    from facelab.core import artifacts_root
+    from facelab.models.spotting_flow import synth_spotting_video, FlowFeatureConfig
+    W, F = (int(s) for s in meta['input_shape'][1:])
+    cfg = FlowFeatureConfig(**dict(meta.get('feature_config') or {}))
+    fps, rng, out, v = 30.0, np.random.default_rng(seed), [], 0
+    while len(out) < n:
+        feats = synth_spotting_video(seed * 100 + v, fps=fps, seconds=seconds or 2 * W / fps, size=size, n_micro=2, n_macro=1,
+                                     n_distractors=2, cfg=cfg, cache_dir=artifacts_root()/'cache'/'spotting')['features']
+        if feats.shape[1] != F: raise ValueError(f"FaceSynth flow features have {feats.shape[1]} columns, the model takes {F}")
+        if len(feats) < W: feats = np.concatenate([feats, np.repeat(feats[-1:], W - len(feats), 0)])
+        for s in rng.integers(0, len(feats) - W + 1, min(per_video, n - len(out))):
+            out.append(np.ascontiguousarray(feats[s:s + W][None], np.float32))
+        v += 1
+    return out
 
 def _reader(name:str, arrays:Sequence[np.ndarray]):
     from onnxruntime.quantization import CalibrationDataReader
@@ -198,7 +236,15 @@ INT8_MODELS = {
     'macro': ('poster_v2_tiny', {}, 48, dict(epochs=10, lr=1e-3, wd=0.05)),
     'au': ('opengraphau_tiny', dict(img_size=48, input_size=56, backbone_kwargs={'output_stride': 8}), 56,
            dict(epochs=20, lr=3e-3, wd=1e-4)),
+    # the recipe of nbs/21_models_videomae.ipynb's learning test: full training, frames minus the onset frame
+    'micro': ('videomae_tiny', dict(freeze_backbone=False, clip_residual=True), 64, dict(epochs=12, lr=2e-3)),
+    # the recipe of tests/test_spotting.py (input size = the window)
+    'spotting': ('spotting_tiny', {}, 256, dict(steps=300)),
 }
+#: points of the task's metric an int8 copy may lose against its fp32 model on the same held-out inputs
+INT8_TOLERANCE = 1.0
+#: the FaceSynth long videos of the spotting check, as tests/test_spotting.py renders them (the cached features are shared)
+INT8_SPOT_VIDEO = dict(seconds=18, size=96, n_micro=4, n_macro=2, n_distractors=2)
 
 def xavier_fusion(model):
     "Xavier-uniform weights and zero biases for the Linear layers of POSTER++'s fusion ViT and head (training from scratch)."
@@ -237,8 +283,14 @@ def train_briefly(model, task:str, X:np.ndarray, y:np.ndarray,
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return model.eval()
 
-def int8_experiment(task:str, out_dir, n_train:int=700, n_test:int=700, n_calib:int=32, seed:int=0, **train_kw) -> dict:
-    "Train a tiny `task` model on FaceSynth, export fp32 and int8, and score both on the same held-out FaceSynth faces."
+def int8_experiment(task:str, out_dir,
+                    n_train:int|None=None, # training faces (macro, au: 700), people (micro: 30, 9 clips each) or videos (spotting: 16)
+                    n_test:int|None=None, # held-out faces (700), people (10) or videos (4)
+                    n_calib:int=32, seed:int=0, **train_kw) -> dict:
+    "Train a tiny `task` model on FaceSynth, export fp32 and int8, and score both on the same held-out FaceSynth inputs."
+    if task == 'micro': return _int8_micro(out_dir, n_train or 30, n_test or 10, n_calib, seed, **train_kw)
+    if task == 'spotting': return _int8_spotting(out_dir, n_train or 16, n_test or 4, n_calib, seed, **train_kw)
+    n_train, n_test = n_train or 700, n_test or 700
     import torch
     from facelab.models import create_model
     from facelab.export import to_onnx
@@ -262,3 +314,68 @@ def int8_experiment(task:str, out_dir, n_train:int=700, n_test:int=700, n_calib:
     return {'task': task, 'model': name, 'input': size, 'metric': 'accuracy %' if task == 'macro' else 'mean F1 %',
             'fp32': fp32, 'int8': int8, 'delta': int8 - fp32, 'train_fit': fit, 'chance': chance_score(task, yt),
             'train_s': train_s, 'epochs': {**tkw, **train_kw}['epochs'], 'n_train': n_train, 'n_test': n_test, 'n_calib': n_calib}
+
+def _int8_micro(out_dir, n_train:int, n_test:int, n_calib:int, seed:int, **train_kw) -> dict:
+    "Micro: tiny VideoMAE on FaceSynth micro-expression clips (MEGC composite); UF1 in % on clips of unseen people."
+    import torch
+    from facelab.core import MEGC3
+    from facelab.evaluate import uf1
+    from facelab.export import to_onnx
+    from facelab.models import create_model
+    from facelab.models.videomae import fit_clip_classifier, predict_clips
+    from facelab.synth.clipset import expression_clips
+    name, kw, size, tkw = INT8_MODELS['micro']; tkw = {**tkw, **train_kw}
+    torch.manual_seed(seed)
+    model = create_model(name, **kw); c = model.cfg
+    # the people of the training (seed), test (seed + 1) and calibration (`clip_calibration`, 1000) clips are disjoint
+    clips = lambda n, s: expression_clips('micro', MEGC3, subjects=n, per_class=3, seed=s, n_frames=c.num_frames,
+                                          render=max(96, c.img_size * 3 // 2), size=c.img_size)
+    tr, te = clips(n_train, seed), clips(n_test, seed + 1)
+    Xtr = tr.tensor(c.mean, c.std)
+    t0 = time.time()
+    fit_clip_classifier(model, Xtr, torch.from_numpy(tr.labels), seed=seed, **tkw)
+    train_s = time.time() - t0
+    out_dir = Path(out_dir)
+    r = to_onnx(model, 'micro', out_dir/'micro_trained.onnx', input_shape=(1, c.num_frames, 3, c.img_size, c.img_size), n_parity=2)
+    q = quantize_int8(r.path, out_dir/'micro_trained.int8.onnx', facesynth_calibration(r.metadata, n=n_calib))
+    Xt = te.tensor(c.mean, c.std).numpy()
+    score = lambda p: 100 * float(uf1(te.labels, onnx_predict(p, Xt)[0].argmax(1), len(MEGC3)))
+    fp32, int8 = score(r.path), score(q)
+    fit = 100 * float(uf1(tr.labels, predict_clips(model, Xtr).argmax(1).numpy(), len(MEGC3)))   # on training clips
+    return {'task': 'micro', 'model': name, 'input': size, 'metric': 'UF1 %', 'fp32': fp32, 'int8': int8, 'delta': int8 - fp32,
+            'train_fit': fit, 'chance': 100 / len(MEGC3), 'train_s': train_s, 'epochs': tkw['epochs'],
+            'n_train': len(tr), 'n_test': len(te), 'n_calib': n_calib}
+
+def _int8_spotting(out_dir, n_train:int, n_test:int, n_calib:int, seed:int, **train_kw) -> dict:
+    "Spotting: tiny SpottingNet on FaceSynth long videos' flow features; overall F1 in % (IoU 0.5) on videos of unseen people."
+    import torch
+    from dataclasses import asdict
+    from facelab.evaluate import spotting_scores
+    from facelab.export import export_model
+    from facelab.gates_video import spotting_onnx_scores
+    from facelab.models.spotting import spotting_experiment, decode
+    from facelab.models.spotting_flow import synth_spotting_set
+    name, kw, W, tkw = INT8_MODELS['spotting']; tkw = {**tkw, **train_kw}
+    # training videos seed.., test videos 1000 + seed.. (other people), calibration videos 100000.. (`window_calibration`)
+    train = synth_spotting_set(range(seed, seed + n_train), progress=False, **INT8_SPOT_VIDEO)
+    test = synth_spotting_set(range(1000 + seed, 1000 + seed + n_test), progress=False, **INT8_SPOT_VIDEO)
+    t0 = time.time()
+    res = spotting_experiment(train, test, model=name, seed=seed, progress=False, **kw, **tkw)
+    train_s = time.time() - t0
+    net, dec = res['model'], res['decoder']
+    F = test[0]['features'].shape[1]
+    parity = [torch.from_numpy(np.ascontiguousarray(test[0]['features'][:W][None], np.float32)), torch.randn(1, W, F)]
+    r = export_model(net, 'spotting', Path(out_dir)/'spotting_trained.onnx', parity_inputs=parity,
+                     extra_metadata={'decoder': {k: asdict(v) for k, v in dec.items()}})
+    q = quantize_int8(r.path, Path(out_dir)/'spotting_trained.int8.onnx', facesynth_calibration(r.metadata, n=n_calib))
+    gts = {v['id']: v['events'] for v in test}
+    def f1(path):
+        sess = onnx_session(path, threads=1)
+        preds = {v['id']: decode(spotting_onnx_scores(sess, v['features'], list(net.cfg.kinds), W, W // 2), v['fps'], dec)
+                 for v in test}
+        return 100 * float(spotting_scores(preds, gts)['overall']['f1'])
+    fp32, int8 = f1(r.path), f1(q)
+    return {'task': 'spotting', 'model': name, 'input': W, 'metric': 'F1 %', 'fp32': fp32, 'int8': int8, 'delta': int8 - fp32,
+            'torch': 100 * float(res['spotter']['overall']['f1']), 'baseline': 100 * float(res['baseline_scores']['overall']['f1']),
+            'chance': None, 'train_s': train_s, 'steps': tkw['steps'], 'n_train': n_train, 'n_test': n_test, 'n_calib': n_calib,
+            'events': sum(len([e for e in v['events'] if e.kind in ('micro', 'macro')]) for v in test)}

@@ -1,10 +1,11 @@
 """`facelab demo --quick` (= `make demo QUICK=1`) end to end, run as a user runs it, into a temporary folder.
 
 Checks the summary it prints and writes: every face-affect task trained and scored above chance with its protocol,
-exported (fp32, + int8 for macro and au), registered and gated (deployed when the gate passed, reasons when it
-refused), latency rows, the C++ engine on the long video or an honest reason why not, detection trained or skipped with
-a reason, and report.html. The exported macro model is checked independently: onnxruntime on the RAF-DB test image
-files reproduces the training run's own PyTorch predictions.
+exported (fp32, + int8 for every task in facelab.export_cli.INT8_TASKS), registered and gated (deployed when the gate
+passed, reasons when it refused), latency rows, the C++ engine on the long video or an honest reason why not,
+detection skipped with a reason (it stays out of --quick; the full demo trains, exports, registers, promotes it without
+a gate and deploys it, see nbs/59_demo_deploy.ipynb), and report.html. The exported macro model is checked
+independently: onnxruntime on the RAF-DB test image files reproduces the training run's own PyTorch predictions.
 
 FaceSynth data, golden sets and stage-1 weights come from the usual caches (shared with the other tests); runs, the
 MLflow store and the deployed models go to the temporary folder.
@@ -18,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TASKS = ('macro', 'micro', 'au', 'spotting')
+from facelab.export_cli import INT8_TASKS
+from facelab.export import read_metadata, file_sha256
 
 
 @pytest.fixture(scope='module')
@@ -57,8 +60,11 @@ def test_exports_registry_and_deploy(quick):
     for t in TASKS:
         r = s['tasks'][t]
         assert Path(r['export']['onnx']).is_file(), t
-        if t in ('macro', 'au'): assert Path(r['export']['int8']).is_file(), t
-        else: assert 'int8' not in r['export'] and 'int8 export is calibrated' in r['export']['int8_note'], t
+        if t in INT8_TASKS:
+            assert Path(r['export']['int8']).is_file(), t
+            q = read_metadata(r['export']['int8'])
+            assert q['quantization'] == 'int8-static-qdq' and q['fp32_sha256'] == file_sha256(r['export']['onnx']), t
+        else: assert 'int8' not in r['export'] and r['export']['int8_note'].startswith('not made: '), t
         reg = r['registry']
         assert reg['registered'] == f'facelab-{t}' and reg['version'] >= 1, reg
         assert reg['gate'] in ('passed', 'refused'), reg
@@ -78,6 +84,7 @@ def test_latency_and_engine(quick):
     out, s, _ = quick
     lat = pd.DataFrame(s['latency'])
     for t in TASKS: assert ((lat.task == t) & (lat.runtime == 'python onnxruntime fp32')).any(), t
+    for t in INT8_TASKS: assert ((lat.task == t) & (lat.runtime == 'python onnxruntime int8')).any(), t
     assert (lat.p50_ms > 0).all()
     e = s['engine']
     run = ROOT/'cpp'/'build'/'facelab_run'

@@ -80,3 +80,39 @@ def test_outputs_breaking_the_contract_are_refused(tmp_path):
     assert r.returncode != 0
     assert "output 'logits' axis 1 must be 7, got 8" in r.stderr, r.stderr
     assert (tmp_path/'macro.onnx').read_bytes() == b'the model in production' and leftovers(tmp_path) == []
+
+# --- int8 for the video tasks (micro, spotting) -----------------------------------------------------------------------
+from facelab.export_cli import INT8_TASKS, INT8_LEFT_OUT
+from facelab.export_quant import int8_experiment, INT8_TOLERANCE
+
+@pytest.mark.parametrize('task', ['micro', 'spotting'])
+def test_int8_video_task_accuracy_check(tmp_path, task):
+    "The check behind INT8_TASKS: a tiny model that learned on FaceSynth, its int8 copy scored on the same held-out inputs."
+    torch.set_num_threads(1)
+    e = int8_experiment(task, tmp_path)
+    print(e)
+    if task == 'micro': assert e['fp32'] > e['chance'] + 20, e                      # learned: UF1 % on unseen people
+    else: assert e['fp32'] >= 50 and e['fp32'] > e['baseline'], e                 # learned: F1 % on unseen videos
+    if task in INT8_TASKS: assert e['delta'] >= -INT8_TOLERANCE, e               # int8 kept the accuracy: it may ship
+    else: assert task in INT8_LEFT_OUT and e['delta'] < -INT8_TOLERANCE, e        # left out only because it lost more
+
+@pytest.mark.skipif('spotting' not in INT8_TASKS, reason='spotting int8 failed its accuracy check (INT8_LEFT_OUT)')
+def test_spotting_int8_end_to_end(tmp_path):
+    from facelab.models.spotting import default_decoder
+    from dataclasses import asdict
+    fitted = {k: {**asdict(v), 'score_thr': 0.75} for k, v in default_decoder().items()}   # as a run records its fitted decoder
+    checkpoint(tmp_path/'spot.pth', {'name': 'spotting_tiny', 'kwargs': {}}, run_id='run-spot-1', decoder=fitted)
+    out = tmp_path/'spotting.onnx'
+    r = facelab('export', '--task', 'spotting', '--checkpoint', tmp_path/'spot.pth', '--out', out, '--int8')
+    assert r.returncode == 0, r.stderr
+    q, meta = out.with_suffix('.int8.onnx'), read_metadata(out)
+    qmeta = read_metadata(q)
+    assert qmeta['quantization'] == 'int8-static-qdq' and qmeta['fp32_sha256'] == file_sha256(out)
+    assert meta['run_id'] == qmeta['run_id'] == 'run-spot-1' and meta['decoder'] == qmeta['decoder'] == fitted
+    assert qmeta['feature_config'] == meta['feature_config'] and qmeta['window'] == meta['window']
+    assert any(n.op_type == 'QuantizeLinear' for n in onnx.load(str(q)).graph.node)
+    from facelab.export_quant import window_calibration
+    x = window_calibration(meta, n=1)[0]                  # a window of a FaceSynth video's flow features (cached video)
+    f, i = (onnx_session(p).run(None, {'features': x}) for p in (out, q))
+    assert [a.shape for a in i] == [a.shape for a in f] and np.abs(f[0] - i[0]).max() < 0.1
+    assert leftovers(tmp_path) == []

@@ -22,8 +22,7 @@ __all__ = ['OFFICIAL_MAIN_AUS', 'OFFICIAL_SIDE_AUS', 'OFFICIAL_AUS', 'OFFICIAL_S
            'OPENGRAPHAU_CONFIGS', 'OPENGRAPHAU_BACKBONES', 'OPENGRAPHAU_BACKBONE_KWARGS', 'parse_au', 'au_label',
            'AULayout', 'au_layout', 'OpenGraphAUConfig', 'LinearBN', 'AUFeatureGenerator', 'topk_graph',
            'normalize_digraph', 'FacialGraphGNN', 'CrossAttention', 'GraphEdgeModel', 'EdgeGatedGCN',
-           'CosinePresenceHead', 'IntensityHead', 'OpenGraphAU', 'check_opengraphau_kwargs', 'LoadReport',
-           'checkpoint_filter_fn', 'load_official_checkpoint', 'to_official_state_dict', 'architecture_summary']
+           'CosinePresenceHead', 'IntensityHead', 'OpenGraphAU', 'check_opengraphau_kwargs', 'architecture_summary']
 
 # %% ../../nbs/22_models_opengraphau.ipynb #fc3226d4
 #: the official OpenGraphAU output order: 27 main AUs, then 14 left/right outputs
@@ -333,197 +332,6 @@ def check_opengraphau_kwargs(kw:Mapping) -> list[str]:
 for _n in OPENGRAPHAU_CONFIGS:
     globals()[_n] = register_model(_builder(_n), config=OpenGraphAUConfig, check=check_opengraphau_kwargs)
 
-# %% ../../nbs/22_models_opengraphau.ipynb #7291a99c
-@dataclass
-class LoadReport:
-    "Where every checkpoint key and every model key went."
-    n_checkpoint_keys:int = 0
-    used:list = field(default_factory=list) # checkpoint keys copied into the model
-    unused:dict = field(default_factory=dict) # checkpoint key -> why it is deliberately not loaded
-    derived:list = field(default_factory=list) # checkpoint buffers the model recomputes (verified equal)
-    unexpected:list = field(default_factory=list) # checkpoint keys the model has no place for
-    loaded:list = field(default_factory=list) # model keys filled completely
-    partial:dict = field(default_factory=dict) # model key -> rows that kept their initial values
-    missing:list = field(default_factory=list) # model keys the checkpoint does not provide
-
-    def counts(self) -> dict:
-        return {k: len(getattr(self, k)) for k in ('loaded', 'partial', 'missing', 'unexpected', 'used', 'unused', 'derived')}
-    def __str__(self):
-        c = self.counts()
-        s = (f"checkpoint: {self.n_checkpoint_keys} keys = {c['used']} used + {c['unused']} unused by design + "
-             f"{c['derived']} derived + {c['unexpected']} unexpected\n"
-             f"model: {c['loaded']} loaded, {c['partial']} partial, {c['missing']} missing")
-        if self.missing: s += f"\n  missing: {self.missing[:8]}{' ...' if len(self.missing) > 8 else ''}"
-        if self.unexpected: s += f"\n  unexpected: {self.unexpected[:8]}{' ...' if len(self.unexpected) > 8 else ''}"
-        if self.unused: s += f"\n  unused: {sorted(set(self.unused.values()))}"
-        return s
-
-def _unwrap(checkpoint, source='checkpoint') -> dict:
-    sd = checkpoint
-    for k in ('state_dict', 'model'):
-        if isinstance(sd, Mapping) and isinstance(sd.get(k), Mapping): sd = sd[k]; break
-    if not isinstance(sd, Mapping) or not sd: raise ValueError(f"{source}: no state dict found (expected a dict of tensors, possibly under 'state_dict')")
-    out = {}
-    for k, v in sd.items():
-        if not torch.is_tensor(v): raise ValueError(f"{source}: value of {k!r} is a {type(v).__name__}, not a tensor")
-        out[k[len('module.'):] if k.startswith('module.') else k] = v
-    return out
-
-def _is_swin(model) -> bool:
-    from timm.models.swin_transformer import SwinTransformer
-    return isinstance(model.backbone, SwinTransformer)
-
-_SWIN_DERIVED = re.compile(r'.*\.(relative_position_index|attn_mask)$')
-
-def _backbone_key(k:str, swin:bool, to_official:bool) -> str:
-    "Map a backbone-relative key between timm and the official layout (only Swin's patch merging moves)."
-    m = re.fullmatch(r'layers\.(\d+)\.downsample\.(.+)', k) if swin else None
-    if not m: return k
-    return f"layers.{int(m.group(1)) + (-1 if to_official else 1)}.downsample.{m.group(2)}"
-
-# %% ../../nbs/22_models_opengraphau.ipynb #1fc4b54d
-_BN = ('weight', 'bias', 'running_mean', 'running_var')
-
-def checkpoint_filter_fn(checkpoint, # official checkpoint: its dict, its 'state_dict', 'module.' prefixes allowed
-                         model:OpenGraphAU, # the model the weights go into
-                         source_aus:Sequence=OFFICIAL_AUS, # AU layout of the checkpoint
-                         source:str='checkpoint', # name for error messages (e.g. the file path)
-                        ) -> tuple[dict, LoadReport]:
-    "Map an official OpenGraphAU (ANFL or MEFL) state dict onto `model`; returns (state dict to load, report)."
-    sd = _unwrap(checkpoint, source)
-    rep = LoadReport(n_checkpoint_keys=len(sd))
-    target, buffers = model.state_dict(), dict(model.named_buffers())
-    src, my, C = au_layout(source_aus), model.layout, model.dim
-    mefl = any(k.startswith(('head.edge_extractor.', 'head.gnn.graph_layers.')) for k in sd)
-    if mefl != model.cfg.edge_stage:
-        kind = 'an MEFL (stage-2)' if mefl else 'an ANFL (stage-1)'
-        raise ValueError(f"{source}: {kind} checkpoint, but the model has edge_stage={model.cfg.edge_stage}; "
-                         f"build it with edge_stage={mefl} (e.g. 'opengraphau_official_r50{'_mefl' if mefl else ''}')")
-    for k, n in (('head.main_sc', len(src.mains)), ('head.sub_sc', len(src.sides))):
-        if k in sd and sd[k].shape[0] != n:
-            raise ValueError(f"{source}: {k} has {sd[k].shape[0]} rows but source_aus has {n}; pass the checkpoint's AU list as source_aus")
-    # our node p <- checkpoint node node_src[p]; checkpoint node i -> our node node_dst[i]
-    node_dst = {src.mains.index(a): p for p, a in enumerate(my.mains) if a in src.mains}
-    side_dst = {src.sides.index(s): q for q, s in enumerate(my.sides) if s in src.sides}
-    swin = _is_swin(model)
-    out, cover = {}, {}
-
-    def put(dst, v, k, rows=None, merge=None):
-        if dst not in target: rep.unexpected.append(k); return
-        t = target[dst]
-        if dst not in out: out[dst], cover[dst] = t.clone(), torch.zeros(t.shape[0] if t.dim() else 1, dtype=torch.bool)
-        if rows is None:
-            if v.shape != t.shape: raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, model's {dst} has {tuple(t.shape)}")
-            out[dst] = torch.maximum(out[dst], v) if merge == 'max' and cover[dst].all() else v.to(t.dtype).clone()
-            cover[dst][:] = True
-        else:
-            if out[dst][rows].shape != v.shape:
-                raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, model's {dst}[rows] has {tuple(out[dst][rows].shape)}")
-            out[dst][rows] = v.to(t.dtype); cover[dst][rows] = True
-        rep.used.append(k)
-
-    def gather(dst, v, k, mapping, pairs=False):
-        "Copy node-indexed rows (or pair-indexed rows when `pairs`) through `mapping` (checkpoint idx -> ours)."
-        if not pairs:
-            src_i = [i for i in mapping]; dst_i = [mapping[i] for i in src_i]
-        else:
-            ns, n = len(src.mains), len(my.mains)
-            src_i = [i * ns + j for i in mapping for j in mapping]; dst_i = [mapping[i] * n + mapping[j] for i in mapping for j in mapping]
-        if v.shape[0] != (len(src.mains) ** 2 if pairs else (len(src.sides) if mapping is side_dst else len(src.mains))):
-            raise ValueError(f"{source}: {k} has {v.shape[0]} rows, which does not fit the source AU layout")
-        put(dst, v[src_i], k, rows=torch.tensor(dst_i, dtype=torch.long))
-
-    for k, v in sd.items():
-        if k.startswith('backbone.'):
-            bk = k[len('backbone.'):]
-            if swin and _SWIN_DERIVED.fullmatch(bk):
-                mine = buffers.get('backbone.' + bk)
-                if mine is None: rep.unexpected.append(k)
-                elif mine.shape != v.shape or not torch.equal(mine.to(v.dtype), v):
-                    raise ValueError(f"{source}: derived buffer {k} differs from the one timm computes (different window size or input resolution?)")
-                else: rep.derived.append(k)
-            else: put('backbone.' + _backbone_key(bk, swin, to_official=False), v, k)
-        elif k.startswith('global_linear.'): put('neck.' + k[len('global_linear.'):], v, k)
-        elif m := re.fullmatch(r'head\.main_class_linears\.(\d+)\.(fc|bn)\.(\w+)', k):
-            i, mod, p = int(m.group(1)), m.group(2), m.group(3)
-            if i >= len(src.mains): rep.unexpected.append(k)
-            elif p == 'num_batches_tracked': put(f'afg.bn.{p}', v, k, merge='max')   # one counter for the stacked BN
-            elif i not in node_dst: rep.unused[k] = f"{au_label(src.mains[i])} not in the model's AU list"
-            else: put(f'afg.{mod}.{p}', v, k, rows=slice(node_dst[i] * C, (node_dst[i] + 1) * C))
-        elif m := re.fullmatch(r'head\.gnn\.(U|V)\.(weight|bias)', k): put(f'fgg.{m.group(1)}.{m.group(2)}', v, k)
-        elif m := re.fullmatch(r'head\.gnn\.bnv\.(\w+)', k):
-            if m.group(1) in _BN: gather(f'fgg.bnv.{m.group(1)}', v, k, node_dst)
-            else: put(f'fgg.bnv.{m.group(1)}', v, k)
-        elif m := re.fullmatch(r'head\.edge_extractor\.(FAM|ARM)\.linear_(q|k|v)\.(weight|bias)', k):
-            put(f'gem.{m.group(1).lower()}.{m.group(2)}.{m.group(3)}', v, k)
-        elif m := re.fullmatch(r'head\.edge_extractor\.edge_proj\.(weight|bias)', k): put(f'gem.edge_proj.{m.group(1)}', v, k)
-        elif m := re.fullmatch(r'head\.edge_extractor\.bn\.(\w+)', k):
-            if m.group(1) in _BN: gather(f'gem.bn.{m.group(1)}', v, k, node_dst, pairs=True)
-            else: put(f'gem.bn.{m.group(1)}', v, k)
-        elif m := re.fullmatch(r'head\.gnn\.graph_layers\.(\d+)\.(U|V|A|B|E)\.weight', k):
-            put(f'edge_gnn.{m.group(1)}.{m.group(2)}.weight', v, k)
-        elif m := re.fullmatch(r'head\.gnn\.graph_layers\.(\d+)\.(bnv|bne)\.(\w+)', k):
-            dst = f'edge_gnn.{m.group(1)}.{m.group(2)}.{m.group(3)}'
-            if m.group(3) in _BN: gather(dst, v, k, node_dst, pairs=m.group(2) == 'bne')
-            else: put(dst, v, k)
-        elif k == 'head.main_sc': gather('presence.main_sc', v, k, node_dst)
-        elif k == 'head.sub_sc':
-            if side_dst: gather('presence.side_sc', v, k, side_dst)
-            else: rep.unused[k] = "the model has no left/right outputs"
-        else: rep.unexpected.append(k)
-
-    for k, t in target.items():
-        if k not in out: rep.missing.append(k)
-        elif cover[k].all(): rep.loaded.append(k)
-        else: rep.partial[k] = f"{int((~cover[k]).sum())}/{len(cover[k])} rows kept their initial values"
-    return out, rep
-
-# %% ../../nbs/22_models_opengraphau.ipynb #63e2f114
-def load_official_checkpoint(model:OpenGraphAU, # model to load into (in place)
-                             checkpoint, # path to an official .pth, or an already loaded dict
-                             source_aus:Sequence=OFFICIAL_AUS, # AU layout of the checkpoint
-                             verbose:bool=True, # print the report
-                            ) -> LoadReport:
-    "Load an official OpenGraphAU checkpoint (`weights_only=True`) through `checkpoint_filter_fn`; returns the report."
-    source = 'checkpoint'
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        if not Path(checkpoint).is_file(): raise FileNotFoundError(f"{source}: no such checkpoint file")
-        try: checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
-        except Exception as e: raise ValueError(f"{source}: cannot be read as a weights-only torch checkpoint ({e})") from e
-    sd, rep = checkpoint_filter_fn(checkpoint, model, source_aus, source)
-    res = model.load_state_dict(sd, strict=False)
-    if set(res.missing_keys) != set(rep.missing) or res.unexpected_keys:   # the report must be the truth
-        raise RuntimeError(f"{source}: load_state_dict disagrees with the report: missing {res.missing_keys}, unexpected {res.unexpected_keys}")
-    if verbose: print(f"{source}:\n{rep}")
-    return rep
-
-# %% ../../nbs/22_models_opengraphau.ipynb #5571f58e
-def to_official_state_dict(model:OpenGraphAU, # a model (any AU list; its main AUs become the checkpoint's nodes)
-                           prefix:str='', # e.g. 'module.' to mimic a DataParallel checkpoint
-                          ) -> dict:
-    "Our weights in the official OpenGraphAU key layout. facelab's `intensity.*` has no official counterpart and is left out."
-    sd, C, n = model.state_dict(), model.dim, len(model.layout.mains)
-    swin, out = _is_swin(model), {}
-    for k, v in sd.items():
-        if k.startswith('backbone.'): out['backbone.' + _backbone_key(k[9:], swin, to_official=True)] = v
-        elif k.startswith('neck.'): out['global_linear.' + k[5:]] = v
-        elif k.startswith('afg.'):
-            mod, p = k.split('.')[1:]
-            for i in range(n): out[f'head.main_class_linears.{i}.{mod}.{p}'] = v.clone() if p == 'num_batches_tracked' else v[i * C:(i + 1) * C]
-        elif k.startswith('fgg.'): out['head.gnn.' + k[4:]] = v
-        elif m := re.fullmatch(r'gem\.(fam|arm)\.(q|k|v)\.(\w+)', k): out[f'head.edge_extractor.{m.group(1).upper()}.linear_{m.group(2)}.{m.group(3)}'] = v
-        elif k.startswith('gem.'): out['head.edge_extractor.' + k[4:]] = v
-        elif k.startswith('edge_gnn.'): out['head.gnn.graph_layers.' + k[9:]] = v
-        elif k == 'presence.main_sc': out['head.main_sc'] = v
-        elif k == 'presence.side_sc': out['head.sub_sc'] = v
-        elif not k.startswith('intensity.'): raise KeyError(f"to_official_state_dict: no official name for {k}")
-    out.setdefault('head.sub_sc', sd['presence.main_sc'].new_zeros(0, C))   # the official head always has it
-    if swin:   # the official Swin saves these buffers; timm keeps them out of its state dict
-        for k, b in model.named_buffers():
-            if k.startswith('backbone.') and _SWIN_DERIVED.fullmatch(k[9:]) and b is not None: out[k] = b
-    return {prefix + k: v.clone() for k, v in out.items()}
-
 # %% ../../nbs/22_models_opengraphau.ipynb #499f26fc
 def architecture_summary(model:OpenGraphAU) -> str:
     "A short text summary: the stages with output shapes and parameter counts."
@@ -544,3 +352,12 @@ def architecture_summary(model:OpenGraphAU) -> str:
               f"  intensity LN + per-AU linear, {c.max_intensity:g}*sigmoid   -> au_intensity {len(model.au_names)}   {p(model.intensity)}",
               f"  total {count_params(model)/1e6:.3f}M parameters"]
     return '\n'.join(lines)
+
+# %% ../../nbs/22_models_opengraphau.ipynb #b2e0c0d2
+_WEIGHT_API = ('LoadReport', 'checkpoint_filter_fn', 'load_official_checkpoint', 'to_official_state_dict')
+
+def __getattr__(name): # PEP 562: imported on first use, since opengraphau_weights imports this module
+    if name in _WEIGHT_API:
+        from facelab.models import opengraphau_weights
+        return getattr(opengraphau_weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
