@@ -22,8 +22,14 @@ def art(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def fer_onnx(art):
-    from facelab.models.fer import export_fer2013
-    return export_fer2013(art/'fer2013.onnx').path
+    "The reference model exported as a user does it: `facelab face export-fer2013`."
+    from facelab.cli import main
+    from facelab.export import read_metadata
+    out = art/'fer2013.onnx'
+    assert main(['face', 'export-fer2013', '--out', str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta['task'] == 'macro' and meta['align_template'] == 'fer2013' and meta['trained_on'] == 'FER2013 (real faces)', meta
+    return out
 
 
 def test_astronaut_face_landmarks_and_happiness_pytorch(art):
