@@ -69,8 +69,15 @@ def _job(task, params, run_dir):
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     from facelab.runs import run_notebook, micro_pretrain
     t0, c0 = time.time(), _cpu()
-    if task == 'micro-stage1': micro_pretrain(params['config']); d = None
-    else: run_notebook(task, params, run_dir); d = str(run_dir)
+    # the kernels' own stderr (ipykernel's start-up and shutdown chatter) goes to a log beside the run, not over the progress lines
+    log = Path(run_dir)/'kernel.log' if run_dir else Path(params['config']).parent/f'{task}.kernel.log'
+    log.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(2)
+    with open(log, 'ab') as f: os.dup2(f.fileno(), 2)
+    try:
+        if task == 'micro-stage1': micro_pretrain(params['config']); d = None
+        else: run_notebook(task, params, run_dir); d = str(run_dir)
+    finally: os.dup2(saved, 2); os.close(saved)
     return task, d, time.time() - t0, _cpu() - c0
 
 def notebook_progress(run_dir) -> tuple[int, int]|None:

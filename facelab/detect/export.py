@@ -5,7 +5,7 @@ checked by `onnx.checker` and for parity against the PyTorch model, and detectio
 
 # %% ../../nbs/37_detect_export.ipynb #07ee0867
 from __future__ import annotations
-import json, shutil, tempfile
+import json, logging, shutil, tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -70,8 +70,12 @@ def export_detect(weights:str|Path, # trained Ultralytics .pt (a run's weights/b
     y = load_yolo(w); names = [y.names[i] for i in sorted(y.names)]
     with tempfile.TemporaryDirectory() as d:
         tmpw = Path(d)/'model.pt'; shutil.copyfile(w, tmpw)        # Ultralytics writes the .onnx beside the weights
-        f = load_yolo(tmpw).export(format='onnx', imgsz=int(imgsz), opset=17, simplify=False, dynamic=False, nms=False,
-                                  half=False, device='cpu', verbose=False)
+        # Ultralytics logs its export steps at INFO even with verbose=False; facelab reports the result itself
+        from ultralytics.utils import LOGGER
+        level = LOGGER.level; LOGGER.setLevel(logging.ERROR)
+        try: f = load_yolo(tmpw).export(format='onnx', imgsz=int(imgsz), opset=17, simplify=False, dynamic=False, nms=False,
+                                        device='cpu', verbose=False)
+        finally: LOGGER.setLevel(level)
         proto = onnx.load(str(f))
     onnx.checker.check_model(proto, full_check=True)
     meta = {'facelab_version': facelab.__version__, 'task': 'detect', 'class_names': names, 'mean': [0.0, 0.0, 0.0],
