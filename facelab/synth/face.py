@@ -308,9 +308,11 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     gap = lo[:, 1] - up[:, 1]
     if gap.max() > 0.4:
         cv2.fillPoly(img, [np.concatenate([F[cv['in_up']], F[cv['in_lo']][::-1]])], (46, 16, 20), AA, _SH)
-        tt = up.copy(); tt[:, 1] += np.minimum(gap*0.55, 0.06*s)
+        # the lip raisers (AU10, AU12, AU9) bare the upper teeth; lips merely parted show their edges only
+        bare = max(w[CHANNELS.index(c)] for c in ('10', '12L', '12R')) + 0.5*w[CHANNELS.index('9')]
+        tt = up.copy(); tt[:, 1] += np.minimum(gap*0.55, (0.02 + 0.05*min(bare, 1.0))*s)
         cv2.fillPoly(img, [np.concatenate([F[cv['in_up']], _fix(tt[::-1])])], idn.teeth, AA, _SH)
-        bt = lo.copy(); bt[:, 1] -= np.minimum(gap*0.22, 0.025*s)
+        bt = lo.copy(); bt[:, 1] -= np.minimum(gap*0.22, (0.01 + 0.03*w[CHANNELS.index('20')])*s)   # AU20 bares the lower teeth
         cv2.fillPoly(img, [np.concatenate([_fix(bt), F[cv['in_lo']][::-1]])], _shade(idn.teeth, 0.9), AA, _SH)
         cv2.polylines(img, [F[cv['in_lo']]], False, _shade(idn.lip, 0.7), th, AA, _SH)
     cv2.polylines(img, [F[cv['in_up']]], False, _shade(idn.lip, 0.4), max(1, int(round(1.5*u))), AA, _SH)   # lip junction

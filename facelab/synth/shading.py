@@ -33,8 +33,8 @@ def silhouette(P:np.ndarray, # (N, 3) canonical points, changed in place
     return P
 
 # %% ../../nbs/01_synth_shading.ipynb #22b0f5cc
-_LEVELS = {'side': 0.76, 'in': 1.0, 'socket': 0.79, 'inner_corner': 0.7, 'nose_side': 0.88, 'ridge': 1.13,
-           'under_nose': 0.76, 'under_lip': 0.8, 'forehead': 1.1, 'cheek': 1.08, 'chin': 1.05}
+_LEVELS = {'side': 0.72, 'in': 1.0, 'lower': 0.93, 'socket': 0.76, 'inner_corner': 0.68, 'nose_side': 0.86, 'ridge': 1.14,
+           'under_nose': 0.7, 'under_lip': 0.76, 'forehead': 1.12, 'cheek': 1.09, 'chin': 1.06}
 _G8 = 200.0    # gain 1.0 in the 8-bit map
 
 def shade_anchor(idn) -> tuple:
@@ -81,6 +81,7 @@ def shading_gain(Xs:np.ndarray, # (K, 2) projected anchor points (see `shade_anc
     def fill(pts, lev): cv2.fillPoly(g, [_fix(pts - o)], int(round(lev*_G8)), cv2.LINE_8, _SH)
     P = lambda n: Xs[idx[n]] if isinstance(n, str) else Xs[n]
     fill(P('outline'), L['side']); fill(P('inner'), L['in'])
+    fill(np.r_[P('inner')[:17][::-1][4:13], Xs[[31, 35]]], L['lower'])
     fill(P('forehead'), L['forehead']); fill(P('cheek_r'), L['cheek']); fill(P('cheek_l'), L['cheek']); fill(P('chin'), L['chin'])
     for brow, lid, inner in (([17, 18, 19, 20, 21], [39, 40, 41, 36], [21, 27, 39]), ([26, 25, 24, 23, 22], [42, 47, 46, 45], [22, 27, 42])):
         fill(Xs[brow + lid], L['socket']); fill(Xs[inner], L['inner_corner'])
