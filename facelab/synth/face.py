@@ -232,11 +232,11 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     w = _channel_weights(aus)
     P = _deform(idn, w)
     if gaze[0] or gaze[1]: P[ix['iris'], :2] += np.asarray(gaze)*idn.eye_w*0.35
-    out_ids = np.r_[0:17, ix['forehead'], ix['hairline']]
-    silhouette(P, out_ids, pose[1])      # a turned head: the far-side outline is the cheek's silhouette
+    A, sm = shade_anchor(idn)
+    silhouette(P, sm['out'], pose[1])      # a turned head: the far-side outline is the cheek's silhouette
     off = (app.offset[0] + offset[0], app.offset[1] + offset[1])
     X = project_points(P, pose, size, app.scale, off)
-    A, aix = shade_anchor(idn); A = silhouette(A.copy(), np.r_[0:17, aix['outline']], pose[1])
+    A = silhouette(A.copy(), sm['sil'], pose[1])
     Xs = project_points(A, pose, size, app.scale, off)
     Dn = (X[g.S[0]]*g.S[1]).sum(1)       # every smooth curve at once
     F = _fix(Dn)
@@ -247,7 +247,7 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     # body: neck and clothes do not rotate with the head
     Bx = project_points(np.c_[g.body, np.zeros(len(g.body))], (0., 0., 0.), size, app.scale, off)
     Bx[:2, 0] += (X[3, 0] - Bx[0, 0])*0.5; Bx[-2:, 0] += (X[13, 0] - Bx[-1, 0])*0.5
-    cv2.fillPoly(img, [_fix(Bx[[0, 1, 6, 7]]), ], _shade(skin, 0.82), AA, _SH)
+    cv2.fillPoly(img, [_fix(Bx[[0, 1, 6, 7]]), ], _shade(skin, 0.62), AA, _SH)    # the neck, in the jaw's shadow
     cv2.fillPoly(img, [_fix(Bx[1:7])], app.clothes, AA, _SH)
     hair = idn.hair
     fc = X[ix['forehead']]; c0 = Dn[cv['face']].mean(0)
@@ -257,7 +257,7 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     cap = None
     if idn.hair_style > 0:
         cap = _fix((fc - c0)*1.07 + c0 + (0, -0.02*s)); cv2.fillPoly(img, [cap], hair, AA, _SH)
-    ear = _shade(skin, 0.9)
+    ear = _shade(skin, 0.8)
     cv2.fillPoly(img, [F[cv['ear_r']], F[cv['ear_l']]], ear, AA, _SH)
     cv2.fillPoly(img, [F[cv['face']]], skin, AA, _SH)
     # wrinkles: age lines plus AU furrows, darker as they deepen
@@ -265,7 +265,7 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     for k in np.flatnonzero(st > 0.02):
         cv2.polylines(img, [F[cv['w:' + g.wrinkles[k][0]]]], False, _shade(skin, 1 - 0.42*min(st[k], 1.2)), th, AA, _SH)
     # soft 3-D shading of the skin (anchored to the neutral face, so it moves with the head only)
-    sg = shading_gain(Xs, aix, Dn[cv['face']], size, s)
+    sg = shading_gain(Xs, sm, Dn[cv['face']], size, s, pose[1])
     if sg is not None: apply_gain(img, *sg)
     # eyes: sclera and iris clipped to the lid contour (anti-aliased mask), then lids, lashes and creases
     crease = _shade(skin, 0.78); lidc = _shade(skin, 0.8); lidlo = _shade(skin, 0.62); lash = max(1, int(round(1.3*u)))
@@ -300,6 +300,9 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
         cv2.fillPoly(img, [_fix(np.concatenate([c + nrm, (c - nrm)[::-1]]))], idn.brow, AA, _SH)
     # nose: side shadow, wings, nostrils, base
     cv2.polylines(img, [F[cv['nose_side']]], False, _shade(skin, 0.85), th, AA, _SH)
+    sy = abs(np.sin(np.radians(pose[1])))
+    if sy > 0.03:      # a turned head: the nose's profile edge against the far cheek
+        cv2.polylines(img, [_fix(X[[27, 28, 29, 30, 33]])], False, _shade(skin, 1 - 0.6*sy), th, AA, _SH)
     cv2.polylines(img, [F[cv['ala_r']], F[cv['ala_l']], F[cv['nose_base']]], False, _shade(skin, 0.7), th, AA, _SH)
     cv2.fillPoly(img, [F[cv['nostril_r']], F[cv['nostril_l']]], _shade(skin, 0.35), AA, _SH)
     # mouth: lips, interior, teeth, lip line

@@ -97,9 +97,9 @@ def _build_geometry(idn:Identity) -> Geometry:
     pts[:17, 2] = 0.1 - 0.6*np.abs(c)
     # brows 17-21 (image left, outer -> inner); 22-26 mirror
     u = np.linspace(1, 0, 5)                     # 1 at the outer end
-    bx = -(idn.brow_in + idn.brow_len*u)
+    bx = -(idn.brow_in + min(idn.brow_len, 0.85*fw - idn.brow_in)*u)     # brows end inside the face outline
     by = idn.eye_y + idn.brow_y - idn.brow_arch*np.sin(np.pi*(0.15 + 0.75*(1 - u))) + 0.03*u**2
-    pts[17:22] = np.c_[bx, by, 0.2 - 0.3*u]
+    pts[17:22] = np.c_[bx, by, np.minimum(0.2 - 0.3*u, _surface_z(bx, fw) - 0.08)]   # on the head surface (turned heads)
     # eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid (image left eye)
     cx, cy, w, h = -idn.eye_x, idn.eye_y, idn.eye_w, idn.eye_h
     pts[36] = (cx - w, cy - idn.eye_tilt, 0.0); pts[37] = (cx - w/3, cy - h, 0.1); pts[38] = (cx + w/3, cy - 0.95*h, 0.1)

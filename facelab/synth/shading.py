@@ -36,9 +36,10 @@ def silhouette(P:np.ndarray, # (N, 3) canonical points, changed in place
 _LEVELS = {'side': 0.72, 'in': 1.0, 'lower': 0.93, 'socket': 0.76, 'inner_corner': 0.68, 'nose_side': 0.86, 'ridge': 1.14,
            'under_nose': 0.7, 'under_lip': 0.76, 'forehead': 1.12, 'cheek': 1.09, 'chin': 1.06}
 _G8 = 200.0    # gain 1.0 in the 8-bit map
+_SPEC = 150.0  # grey levels of specular sheen per unit of gain above 1
 
 def shade_anchor(idn) -> tuple:
-    "(K, 3) neutral 3-D anchor points of `idn`'s shading polygons and the name -> index map (cached on the identity)."
+    "(K, 3) neutral 3-D anchor points of `idn`'s shading, and a dict: the polygons to fill (index array, 8-bit level) in order, outline indices (cached on the identity)."
     sa = idn.__dict__.get('_shade')
     if sa is not None: return sa
     g = idn.geometry(); P0 = g.P0; ix = g.idx; fw = idn.face_w
@@ -64,39 +65,48 @@ def shade_anchor(idn) -> tuple:
     add('forehead', ell(0, bt - 0.33, 0.3, 0.15))
     for sd, sx in (('r', -1), ('l', 1)): add('cheek_' + sd, ell(sx*(idn.eye_x + 0.03), idn.eye_y + 0.3, 0.14, 0.08))
     add('chin', ell(0, idn.mouth_y + idn.lip_lo + 0.3, 0.13, 0.07))
-    sa = idn.__dict__['_shade'] = (np.concatenate(pts), idx)
+    L = _LEVELS
+    polys = [(idx['outline'], L['side']), (idx['inner'], L['in']),
+             (np.r_[idx['inner'][:17][::-1][4:13], 31, 35], L['lower']),         # light from above: the lower face is darker
+             (idx['forehead'], L['forehead']), (idx['cheek_r'], L['cheek']), (idx['cheek_l'], L['cheek']), (idx['chin'], L['chin']),
+             (np.r_[17:22, 39, 40, 41, 36], L['socket']), (np.r_[21, 27, 39], L['inner_corner']),
+             (np.r_[26:21:-1, 42, 47, 46, 45], L['socket']), (np.r_[22, 27, 42], L['inner_corner']),
+             (np.r_[27, 28, 29, 30, 31, idx['nose_side_r'][::-1]], L['nose_side']),
+             (np.r_[27, 28, 29, 30, 35, idx['nose_side_l'][::-1]], L['nose_side']),
+             (idx['ridge'], L['ridge']), (idx['under_nose'], L['under_nose']), (idx['under_lip'], L['under_lip'])]
+    meta = {'polys': [(np.asarray(i, np.intp), int(round(v*_G8))) for i, v in polys],
+            'sil': np.r_[0:17, idx['outline']],                                   # outline points of the anchors
+            'out': np.r_[0:17, ix['forehead'], ix['hairline']]}                  # outline points of the face geometry
+    sa = idn.__dict__['_shade'] = (np.concatenate(pts), meta)
     return sa
 
 def shading_gain(Xs:np.ndarray, # (K, 2) projected anchor points (see `shade_anchor`)
-                 idx:dict, # anchor name -> indices
+                 meta:dict, # the second item of `shade_anchor`
                  face:np.ndarray, # (M, 2) the drawn face outline in pixels
                  size:int, s:float, # image side, pixels per canonical unit
+                 yaw:float=0.0, # degrees: the side turned away from the camera (and its light) is darker
                 ):
-    "((x0, y0, x1, y1), float32 gain map of that box): the soft shading inside the face outline, 1 outside."
+    "((x0, y0, x1, y1), float32 gain map of that box): the soft shading inside the face outline, 1 outside; None if tiny."
     x0, y0 = np.maximum(np.floor(face.min(0)).astype(int) - 1, 0)
     x1, y1 = np.minimum(np.ceil(face.max(0)).astype(int) + 2, size)
     if x1 - x0 < 4 or y1 - y0 < 4: return None
-    o = (x0, y0); L = _LEVELS
     g = np.full((y1 - y0, x1 - x0), _G8, np.uint8)
-    def fill(pts, lev): cv2.fillPoly(g, [_fix(pts - o)], int(round(lev*_G8)), cv2.LINE_8, _SH)
-    P = lambda n: Xs[idx[n]] if isinstance(n, str) else Xs[n]
-    fill(P('outline'), L['side']); fill(P('inner'), L['in'])
-    fill(np.r_[P('inner')[:17][::-1][4:13], Xs[[31, 35]]], L['lower'])
-    fill(P('forehead'), L['forehead']); fill(P('cheek_r'), L['cheek']); fill(P('cheek_l'), L['cheek']); fill(P('chin'), L['chin'])
-    for brow, lid, inner in (([17, 18, 19, 20, 21], [39, 40, 41, 36], [21, 27, 39]), ([26, 25, 24, 23, 22], [42, 47, 46, 45], [22, 27, 42])):
-        fill(Xs[brow + lid], L['socket']); fill(Xs[inner], L['inner_corner'])
-    fill(np.r_[Xs[[27, 28, 29, 30, 31]], P('nose_side_r')[::-1]], L['nose_side'])
-    fill(np.r_[Xs[[27, 28, 29, 30, 35]], P('nose_side_l')[::-1]], L['nose_side'])
-    fill(P('ridge'), L['ridge']); fill(P('under_nose'), L['under_nose']); fill(P('under_lip'), L['under_lip'])
+    F = _fix(Xs - (x0, y0))
+    for ids, lev in meta['polys']: cv2.fillPoly(g, [F[ids]], lev, cv2.LINE_8, _SH)
     g = cv2.GaussianBlur(g, (0, 0), max(0.6, 0.07*s))
-    m = np.zeros_like(g); cv2.fillPoly(m, [_fix(face - o)], 255, cv2.LINE_AA, _SH)
+    m = np.zeros_like(g); cv2.fillPoly(m, [_fix(face - (x0, y0))], 255, cv2.LINE_AA, _SH)
     # inside the face: gain g/200; outside: 1
-    gf = cv2.scaleAdd(cv2.multiply(g.astype(np.float32) - _G8, m.astype(np.float32), scale=1/(_G8*255)), 1.0,
-                      np.ones(g.shape, np.float32))
+    gf = (g.astype(np.float32) - _G8)*m.astype(np.float32)*np.float32(1/(_G8*255)) + np.float32(1)
+    sy = np.sin(np.radians(yaw))
+    if abs(sy) > 1e-3:      # a ramp from the nose bridge to the far silhouette
+        xm = Xs[27:31, 0].mean() - x0; hw = max(face[:, 0].max() - face[:, 0].min(), 1.0)/2
+        r = np.clip((np.arange(x1 - x0, dtype=np.float32) - xm)*np.float32(np.sign(sy)/hw), 0, 1)
+        gf *= (1 - np.float32(0.45*abs(sy))*r)[None, :]*m.astype(np.float32)/255 + (255 - m.astype(np.float32))/255
     return (x0, y0, x1, y1), gf
 
 def apply_gain(img:np.ndarray, box:tuple, gain:np.ndarray) -> None:
-    "Multiply the RGB pixels of `box` by the (h, w) `gain` map in place (saturating at 255)."
+    "Shade the RGB pixels of `box` in place: times the (h, w) `gain` map, plus a white specular sheen where gain > 1."
     x0, y0, x1, y1 = box
     roi = img[y0:y1, x0:x1]
-    roi[:] = cv2.multiply(roi, cv2.merge([gain]*3), dtype=cv2.CV_8U)
+    spec = cv2.max(gain - np.float32(1), 0.0)*np.float32(_SPEC)      # skin's specular reflection shows on dark skin too
+    roi[:] = cv2.add(cv2.multiply(roi, cv2.merge([gain]*3), dtype=cv2.CV_32F), cv2.merge([spec]*3), dtype=cv2.CV_8U)
