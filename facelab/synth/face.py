@@ -216,9 +216,6 @@ def _deform(identity:Identity, w:np.ndarray) -> np.ndarray:
     g = identity.geometry()
     P = g.P0.copy()
     for c in np.flatnonzero(w): P[:, :2] += w[c]*g.D[c]
-    # AU1+4 (FACS): the inner brows are raised and drawn together - AU1 wins the vertical, AU4 the medial pull
-    i1, i4 = CHANNELS.index('1'), CHANNELS.index('4'); w14 = min(w[i1], w[i4])
-    if w14 > 0: P[17:27, 1] -= 0.85*w14*g.D[i4, 17:27, 1]*(g.D[i4, 17:27, 1] > 0)
     # lids and lips never cross: the upper lid stays above the lower lid, the inner lips do not overlap
     for up, lo in ((37, 41), (38, 40), (43, 47), (44, 46), (61, 67), (62, 66), (63, 65)):
         if P[up, 1] > P[lo, 1] - 1e-4:
@@ -262,8 +259,12 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     cv2.fillPoly(img, [F[cv['face']]], skin, AA, _SH)
     # wrinkles: age lines plus AU furrows, darker as they deepen
     st = g.age_w + g.W @ w
+    # a furrow under top light: a lit ridge above the dark fold
+    lit = np.array([0, -max(0.8, 0.9*u)*_ONE], np.int32)
     for k in np.flatnonzero(st > 0.02):
-        cv2.polylines(img, [F[cv['w:' + g.wrinkles[k][0]]]], False, _shade(skin, 1 - 0.42*min(st[k], 1.2)), th, AA, _SH)
+        c = F[cv['w:' + g.wrinkles[k][0]]]; sk = min(st[k], 1.2)
+        cv2.polylines(img, [c + lit], False, _shade(skin, 1 + 0.15*sk), th, AA, _SH)
+        cv2.polylines(img, [c], False, _shade(skin, 1 - 0.42*sk), th, AA, _SH)
     # soft 3-D shading of the skin (anchored to the neutral face, so it moves with the head only)
     sg = shading_gain(Xs, sm, Dn[cv['face']], size, s, pose[1])
     if sg is not None: apply_gain(img, *sg)

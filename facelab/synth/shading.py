@@ -33,8 +33,8 @@ def silhouette(P:np.ndarray, # (N, 3) canonical points, changed in place
     return P
 
 # %% ../../nbs/01_synth_shading.ipynb #22b0f5cc
-_LEVELS = {'side': 0.72, 'in': 1.0, 'lower': 0.93, 'socket': 0.76, 'inner_corner': 0.68, 'nose_side': 0.86, 'ridge': 1.14,
-           'under_nose': 0.7, 'under_lip': 0.76, 'forehead': 1.12, 'cheek': 1.09, 'chin': 1.06}
+_LEVELS = {'side': 0.78, 'in': 1.0, 'lower': 0.95, 'socket': 0.8, 'inner_corner': 0.72, 'nose_side': 0.88, 'ridge': 1.14,
+           'under_nose': 0.74, 'under_lip': 0.78, 'forehead': 1.12, 'cheek': 1.09, 'chin': 1.06}
 _G8 = 200.0    # gain 1.0 in the 8-bit map
 _SPEC = 150.0  # grey levels of specular sheen per unit of gain above 1
 
@@ -65,12 +65,14 @@ def shade_anchor(idn) -> tuple:
     add('forehead', ell(0, bt - 0.33, 0.3, 0.15))
     for sd, sx in (('r', -1), ('l', 1)): add('cheek_' + sd, ell(sx*(idn.eye_x + 0.03), idn.eye_y + 0.3, 0.14, 0.08))
     add('chin', ell(0, idn.mouth_y + idn.lip_lo + 0.3, 0.13, 0.07))
+    # the eye socket's shadow starts under the brow (the brow ridge itself is lit, so the brow keeps its contrast)
+    for sd, br in (('r', [17, 18, 19, 20, 21]), ('l', [26, 25, 24, 23, 22])): add('socket_' + sd, P0[br] + (0, 0.6*idn.brow_thick + 0.02, 0))
     L = _LEVELS
     polys = [(idx['outline'], L['side']), (idx['inner'], L['in']),
              (np.r_[idx['inner'][:17][::-1][4:13], 31, 35], L['lower']),         # light from above: the lower face is darker
              (idx['forehead'], L['forehead']), (idx['cheek_r'], L['cheek']), (idx['cheek_l'], L['cheek']), (idx['chin'], L['chin']),
-             (np.r_[17:22, 39, 40, 41, 36], L['socket']), (np.r_[21, 27, 39], L['inner_corner']),
-             (np.r_[26:21:-1, 42, 47, 46, 45], L['socket']), (np.r_[22, 27, 42], L['inner_corner']),
+             (np.r_[idx['socket_r'], 39, 40, 41, 36], L['socket']), (np.r_[idx['socket_r'][-1], 27, 39], L['inner_corner']),
+             (np.r_[idx['socket_l'], 42, 47, 46, 45], L['socket']), (np.r_[idx['socket_l'][-1], 27, 42], L['inner_corner']),
              (np.r_[27, 28, 29, 30, 31, idx['nose_side_r'][::-1]], L['nose_side']),
              (np.r_[27, 28, 29, 30, 35, idx['nose_side_l'][::-1]], L['nose_side']),
              (idx['ridge'], L['ridge']), (idx['under_nose'], L['under_nose']), (idx['under_lip'], L['under_lip'])]
