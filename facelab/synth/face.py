@@ -15,6 +15,7 @@ import numpy as np
 from ..core import EMOTION7
 from .geometry import (AU_KEYS, AU_REGIONS, CHANNELS, FACS_LETTERS, Geometry, _build_geometry, _channel_weights,
                                     _cr_matrix, _fix, _norm_key, _ONE, _SH, _smooth, au_region_mask, au_strength, facs_letter)
+from .shading import silhouette, shade_anchor, shading_gain, apply_gain
 
 #: names defined in `facelab.synth.geometry` that are part of this module's API (see CONTRACTS.md)
 _all_ = ['AU_KEYS', 'au_region_mask', 'au_strength', 'facs_letter']
@@ -55,7 +56,7 @@ class Identity:
     "One synthetic person: face shape, feature sizes and positions, colours, hair, glasses and age lines (treat as immutable: geometry is cached)."
     face_w:float=1.0; jaw_w:float=0.86; chin_w:float=0.32; chin_y:float=1.72; top_y:float=-1.32
     eye_x:float=0.42; eye_w:float=0.19; eye_h:float=0.075; eye_y:float=0.0; eye_tilt:float=0.0; iris_r:float=0.07
-    brow_y:float=-0.27; brow_len:float=0.62; brow_thick:float=0.05; brow_arch:float=0.05; brow_in:float=0.12
+    brow_y:float=-0.27; brow_len:float=0.62; brow_thick:float=0.085; brow_arch:float=0.05; brow_in:float=0.12
     nose_y:float=0.62; nose_w:float=0.17; mouth_y:float=1.02; mouth_w:float=0.34; lip_up:float=0.075; lip_lo:float=0.095
     skin:tuple=(226,176,140); lip:tuple=(180,95,90); iris:tuple=(88,56,32); brow:tuple=(50,38,30); hair:tuple=(58,40,28)
     hair_style:int=1; hairline:float=-0.92; glasses:bool=False; glasses_colour:tuple=(30,30,30)
@@ -75,7 +76,7 @@ def sample_identity(rng:np.random.Generator, # random generator; the identity is
     n = lambda mu, sd, lo=-np.inf, hi=np.inf: float(np.clip(mu + s*sd*rng.standard_normal(), lo, hi))
     tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.94, 1.06, 3)
     skin = tuple(int(v) for v in np.clip(tone, 30, 255))
-    lip = tuple(int(v) for v in np.clip(np.array(skin)*np.array([0.82, 0.52, 0.52])*rng.uniform(0.9, 1.1), 20, 255))
+    lip = tuple(int(v) for v in np.clip(np.array(skin)*np.array([0.76, 0.46, 0.46])*rng.uniform(0.9, 1.1), 20, 255))
     hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
     brow = tuple(int(v) for v in np.clip(np.minimum(hair*0.8, np.array(skin)*0.45), 10, 255))
     return Identity(
@@ -83,7 +84,7 @@ def sample_identity(rng:np.random.Generator, # random generator; the identity is
         chin_y=n(1.72, 0.07, 1.52, 1.92), top_y=n(-1.32, 0.05, -1.45, -1.18),
         eye_x=n(0.42, 0.025, 0.36, 0.48), eye_w=n(0.19, 0.015, 0.15, 0.23), eye_h=n(0.075, 0.01, 0.05, 0.1),
         eye_y=n(0.0, 0.03, -0.08, 0.08), eye_tilt=n(0.0, 0.02, -0.05, 0.05), iris_r=n(0.07, 0.006, 0.055, 0.085),
-        brow_y=n(-0.27, 0.025, -0.34, -0.2), brow_len=n(0.62, 0.05, 0.5, 0.74), brow_thick=n(0.05, 0.012, 0.028, 0.08),
+        brow_y=n(-0.27, 0.025, -0.34, -0.2), brow_len=n(0.62, 0.05, 0.5, 0.74), brow_thick=n(0.085, 0.015, 0.055, 0.12),
         brow_arch=n(0.05, 0.02, 0.0, 0.1), brow_in=n(0.12, 0.015, 0.08, 0.16),
         nose_y=n(0.62, 0.04, 0.5, 0.72), nose_w=n(0.17, 0.02, 0.12, 0.22),
         mouth_y=n(1.02, 0.05, 0.9, 1.14), mouth_w=n(0.34, 0.03, 0.26, 0.42),
@@ -228,8 +229,12 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     w = _channel_weights(aus)
     P = _deform(idn, w)
     if gaze[0] or gaze[1]: P[ix['iris'], :2] += np.asarray(gaze)*idn.eye_w*0.35
+    A, sm = shade_anchor(idn)
+    silhouette(P, sm['out'], pose[1])      # a turned head: the far-side outline is the cheek's silhouette
     off = (app.offset[0] + offset[0], app.offset[1] + offset[1])
     X = project_points(P, pose, size, app.scale, off)
+    A = silhouette(A.copy(), sm['sil'], pose[1])
+    Xs = project_points(A, pose, size, app.scale, off)
     Dn = (X[g.S[0]]*g.S[1]).sum(1)       # every smooth curve at once
     F = _fix(Dn)
     s = 0.27*size*app.scale; u = size/128; AA = cv2.LINE_AA
@@ -239,7 +244,7 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     # body: neck and clothes do not rotate with the head
     Bx = project_points(np.c_[g.body, np.zeros(len(g.body))], (0., 0., 0.), size, app.scale, off)
     Bx[:2, 0] += (X[3, 0] - Bx[0, 0])*0.5; Bx[-2:, 0] += (X[13, 0] - Bx[-1, 0])*0.5
-    cv2.fillPoly(img, [_fix(Bx[[0, 1, 6, 7]]), ], _shade(skin, 0.82), AA, _SH)
+    cv2.fillPoly(img, [_fix(Bx[[0, 1, 6, 7]]), ], _shade(skin, 0.62), AA, _SH)    # the neck, in the jaw's shadow
     cv2.fillPoly(img, [_fix(Bx[1:7])], app.clothes, AA, _SH)
     hair = idn.hair
     fc = X[ix['forehead']]; c0 = Dn[cv['face']].mean(0)
@@ -249,13 +254,20 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     cap = None
     if idn.hair_style > 0:
         cap = _fix((fc - c0)*1.07 + c0 + (0, -0.02*s)); cv2.fillPoly(img, [cap], hair, AA, _SH)
-    ear = _shade(skin, 0.9)
+    ear = _shade(skin, 0.8)
     cv2.fillPoly(img, [F[cv['ear_r']], F[cv['ear_l']]], ear, AA, _SH)
     cv2.fillPoly(img, [F[cv['face']]], skin, AA, _SH)
     # wrinkles: age lines plus AU furrows, darker as they deepen
     st = g.age_w + g.W @ w
+    # a furrow under top light: a lit ridge above the dark fold
+    lit = np.array([0, -max(0.8, 0.9*u)*_ONE], np.int32)
     for k in np.flatnonzero(st > 0.02):
-        cv2.polylines(img, [F[cv['w:' + g.wrinkles[k][0]]]], False, _shade(skin, 1 - 0.42*min(st[k], 1.2)), th, AA, _SH)
+        c = F[cv['w:' + g.wrinkles[k][0]]]; sk = min(st[k], 1.2)
+        cv2.polylines(img, [c + lit], False, _shade(skin, 1 + 0.15*sk), th, AA, _SH)
+        cv2.polylines(img, [c], False, _shade(skin, 1 - 0.42*sk), th, AA, _SH)
+    # soft 3-D shading of the skin (anchored to the neutral face, so it moves with the head only)
+    sg = shading_gain(Xs, sm, Dn[cv['face']], size, s, pose[1])
+    if sg is not None: apply_gain(img, *sg)
     # eyes: sclera and iris clipped to the lid contour (anti-aliased mask), then lids, lashes and creases
     crease = _shade(skin, 0.78); lidc = _shade(skin, 0.8); lidlo = _shade(skin, 0.62); lash = max(1, int(round(1.3*u)))
     for sd, k in (('r', 0), ('l', 1)):
@@ -289,6 +301,9 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
         cv2.fillPoly(img, [_fix(np.concatenate([c + nrm, (c - nrm)[::-1]]))], idn.brow, AA, _SH)
     # nose: side shadow, wings, nostrils, base
     cv2.polylines(img, [F[cv['nose_side']]], False, _shade(skin, 0.85), th, AA, _SH)
+    sy = abs(np.sin(np.radians(pose[1])))
+    if sy > 0.03:      # a turned head: the nose's profile edge against the far cheek
+        cv2.polylines(img, [_fix(X[[27, 28, 29, 30, 33]])], False, _shade(skin, 1 - 0.6*sy), th, AA, _SH)
     cv2.polylines(img, [F[cv['ala_r']], F[cv['ala_l']], F[cv['nose_base']]], False, _shade(skin, 0.7), th, AA, _SH)
     cv2.fillPoly(img, [F[cv['nostril_r']], F[cv['nostril_l']]], _shade(skin, 0.35), AA, _SH)
     # mouth: lips, interior, teeth, lip line
@@ -296,13 +311,15 @@ def _render(idn:Identity, aus, pose, size:int, app:Appearance, seed:int, offset=
     up, lo = Dn[cv['in_up']], Dn[cv['in_lo']]
     gap = lo[:, 1] - up[:, 1]
     if gap.max() > 0.4:
-        cv2.fillPoly(img, [np.concatenate([F[cv['in_up']], F[cv['in_lo']][::-1]])], (70, 24, 30), AA, _SH)
-        tt = up.copy(); tt[:, 1] += np.minimum(gap*0.55, 0.09*s)
+        cv2.fillPoly(img, [np.concatenate([F[cv['in_up']], F[cv['in_lo']][::-1]])], (46, 16, 20), AA, _SH)
+        # the lip raisers (AU10, AU12, AU9) bare the upper teeth; lips merely parted show their edges only
+        bare = max(w[CHANNELS.index(c)] for c in ('10', '12L', '12R')) + 0.5*w[CHANNELS.index('9')]
+        tt = up.copy(); tt[:, 1] += np.minimum(gap*0.55, (0.02 + 0.05*min(bare, 1.0))*s)
         cv2.fillPoly(img, [np.concatenate([F[cv['in_up']], _fix(tt[::-1])])], idn.teeth, AA, _SH)
-        bt = lo.copy(); bt[:, 1] -= np.minimum(gap*0.22, 0.05*s)
+        bt = lo.copy(); bt[:, 1] -= np.minimum(gap*0.22, (0.01 + 0.03*w[CHANNELS.index('20')])*s)   # AU20 bares the lower teeth
         cv2.fillPoly(img, [np.concatenate([_fix(bt), F[cv['in_lo']][::-1]])], _shade(idn.teeth, 0.9), AA, _SH)
         cv2.polylines(img, [F[cv['in_lo']]], False, _shade(idn.lip, 0.7), th, AA, _SH)
-    cv2.polylines(img, [F[cv['in_up']]], False, _shade(idn.lip, 0.5), th, AA, _SH)
+    cv2.polylines(img, [F[cv['in_up']]], False, _shade(idn.lip, 0.4), max(1, int(round(1.5*u))), AA, _SH)   # lip junction
     # front hair
     if cap is not None:
         cv2.fillPoly(img, [np.concatenate([cap, F[cv['hairline']]])], hair, AA, _SH)
@@ -352,14 +369,14 @@ EXPRESSIONS = {
     'neutral':   {},
     'happiness': {6: 3.0, 12: 4.5, 25: 2.0},
     'sadness':   {1: 3.5, 4: 3.0, 15: 4.0, 17: 2.5},
-    'surprise':  {1: 4.0, 2: 4.0, 5: 3.5, 26: 4.0, 25: 3.0},
+    'surprise':  {1: 4.0, 2: 4.0, 5: 2.0, 26: 4.0, 25: 3.0},
     'fear':      {1: 3.5, 2: 3.0, 4: 3.0, 5: 4.0, 20: 4.0, 7: 2.0, 25: 2.5, 26: 2.0},
-    'disgust':   {9: 4.0, 10: 3.5, 15: 2.0, 17: 2.5},
+    'disgust':   {9: 4.0, 10: 3.5, 15: 2.0, 17: 2.5, 25: 2.0},
     'anger':     {4: 4.5, 5: 2.5, 7: 3.5, 23: 4.0, 17: 2.0},
     'contempt':  {'R12': 3.5, 'R14': 3.0},
 }
 #: AUs of a prototype that a sample may omit
-OPTIONAL_AUS = {'happiness': {25}, 'sadness': {17}, 'surprise': {25}, 'fear': {7, 25, 26}, 'disgust': {15, 17},
+OPTIONAL_AUS = {'happiness': {25}, 'sadness': {17}, 'surprise': {25}, 'fear': {7, 25, 26}, 'disgust': {15, 17, 25},
                 'anger': {17}, 'neutral': set(), 'contempt': set()}
 
 def expression_aus(emotion:str, # a key of `EXPRESSIONS` (the 7 of `facelab.core.EMOTION7` or 'contempt')

@@ -80,6 +80,10 @@ class Geometry:
     age_w:np.ndarray=None  # (n_wrinkles,) wrinkle strength from age
 
 # %% ../../nbs/01_synth_geometry.ipynb #4db0f65f
+def _surface_z(x, fw):
+    "Depth of the head surface at `x`: a cross-section ellipse from the face front (z 0.25) to the ear line (z -0.5)."
+    return -0.5 + 0.75*np.sqrt(np.clip(1 - (np.asarray(x)/fw)**2, 0, 1))
+
 def _build_geometry(idn:Identity) -> Geometry:
     pts = np.zeros((68, 3))
     fw, y0 = idn.face_w, 0.1
@@ -93,9 +97,9 @@ def _build_geometry(idn:Identity) -> Geometry:
     pts[:17, 2] = 0.1 - 0.6*np.abs(c)
     # brows 17-21 (image left, outer -> inner); 22-26 mirror
     u = np.linspace(1, 0, 5)                     # 1 at the outer end
-    bx = -(idn.brow_in + idn.brow_len*u)
+    bx = -(idn.brow_in + min(idn.brow_len, 0.85*fw - idn.brow_in)*u)     # brows end inside the face outline
     by = idn.eye_y + idn.brow_y - idn.brow_arch*np.sin(np.pi*(0.15 + 0.75*(1 - u))) + 0.03*u**2
-    pts[17:22] = np.c_[bx, by, 0.2 - 0.3*u]
+    pts[17:22] = np.c_[bx, by, np.minimum(0.2 - 0.3*u, _surface_z(bx, fw) - 0.08)]   # on the head surface (turned heads)
     # eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid (image left eye)
     cx, cy, w, h = -idn.eye_x, idn.eye_y, idn.eye_w, idn.eye_h
     pts[36] = (cx - w, cy - idn.eye_tilt, 0.0); pts[37] = (cx - w/3, cy - h, 0.1); pts[38] = (cx + w/3, cy - 0.95*h, 0.1)
@@ -141,7 +145,8 @@ def _build_geometry(idn:Identity) -> Geometry:
     # wrinkle lines (drawn only when their strength > 0): name, points, channel weights, age weight
     wr = []
     def wrinkle(name, arr, ch, age_w=0.0):
-        add(name, np.c_[np.asarray(arr, float), np.full(len(arr), 0.25)]); wr.append((name, ch, age_w))
+        arr = np.asarray(arr, float)
+        add(name, np.c_[arr, _surface_z(arr[:, 0], fw)]); wr.append((name, ch, age_w))
     bt = idn.eye_y + idn.brow_y
     xs = np.linspace(-0.3, 0.3, 5)
     for j in range(2): wrinkle(f'fh_c{j}', np.c_[xs, bt - 0.24 - 0.1*j + 0.025*(xs/0.3)**2], {'1': 1.0}, 0.35)
@@ -179,11 +184,11 @@ def _build_geometry(idn:Identity) -> Geometry:
         if mirror and _MIRROR[i] != i: D[_CH[ch], _MIRROR[i]] += (-dx, dy)
     def mvx(ch, name, dx, dy): D[_CH[ch], idx[name]] += (dx, dy)
     # AU1 inner brow raiser; AU2 outer brow raiser; AU4 brow lowerer (down and together)
-    for i, d in zip(range(17, 22), (0.0, 0.025, 0.06, 0.1, 0.13)): mv('1', i, 0, -d)
+    for i, d in zip(range(17, 22), (0.0, 0.03, 0.07, 0.12, 0.16)): mv('1', i, 0, -d)
     for n in ('fh_c0', 'fh_c1'): mvx('1', n, 0, -0.07)
     for i, d in zip(range(17, 22), (0.12, 0.12, 0.08, 0.04, 0.01)): mv('2', i, 0, -d)
     for n in ('fh_r0', 'fh_r1', 'fh_l0', 'fh_l1'): mvx('2', n, 0, -0.06)
-    for i, (dx, dy) in zip(range(17, 22), ((0, 0.01), (0.005, 0.025), (0.015, 0.05), (0.03, 0.075), (0.05, 0.095))): mv('4', i, dx, dy)
+    for i, (dx, dy) in zip(range(17, 22), ((0, 0.005), (0.01, 0.025), (0.025, 0.055), (0.045, 0.095), (0.065, 0.13))): mv('4', i, dx, dy)
     # AU5 upper lid raiser; AU6 cheek raiser (lower lid up, bulge, crow's feet); AU7 lid tightener
     for i in (37, 38): mv('5', i, 0, -0.06)
     for n, d in (('crease_r', (0.015, 0.03, 0.03, 0.015)), ('crease_l', (0.015, 0.03, 0.03, 0.015))): D[_CH['5'], idx[n], 1] -= d
@@ -197,6 +202,8 @@ def _build_geometry(idn:Identity) -> Geometry:
     # AU9 nose wrinkler: nostrils and wings up, upper lip up a little, nasal wrinkles
     for i, (dx, dy) in ((31, (-0.015, -0.06)), (32, (0, -0.06)), (30, (0, -0.02)), (29, (0, -0.01))): mv('9', i, dx, dy)
     mv('9', 33, 0, -0.06)
+    # (FACS) the nose wrinkler also pulls the inner brows down and pushes the lower lids up (narrowed eyes)
+    for i, d in ((21, 0.045), (20, 0.02), (40, -0.02), (41, -0.015)): mv('9', i, 0, d)
     for n in ('ala_r', 'ala_l', 'nostril_r', 'nostril_l'): mvx('9', n, 0, -0.06)
     for i in (49, 50, 51): mv('9', i, 0, -0.025)
     for i in (61, 62): mv('9', i, 0, -0.02)
@@ -213,26 +220,29 @@ def _build_geometry(idn:Identity) -> Geometry:
         for i, dx, dy in ((48, -0.06, -0.01), (60, -0.055, -0.01), (49, -0.02, 0), (59, -0.02, 0)):
             D[_CH[ch14], pick(i)] += (sgn*dx, dy)
     # AU15 lip corner depressor
-    for i, d in ((48, 0.085), (60, 0.075), (49, 0.025), (59, 0.04), (61, 0.015), (67, 0.02)): mv('15', i, 0, d)
+    for i, d in ((48, 0.12), (60, 0.105), (49, 0.035), (59, 0.06), (61, 0.02), (67, 0.03), (50, 0.005), (58, 0.015)):
+        mv('15', i, 0, d)
     # AU17 chin raiser: lower lip and chin boss up (pushing the upper lip a little)
     for i, d in ((56, 0.06), (57, 0.06), (55, 0.035), (65, 0.055), (66, 0.055), (49, 0.012), (50, 0.018), (51, 0.018),
                  (61, 0.02), (62, 0.02), (7, 0.025), (8, 0.025), (6, 0.012)): mv('17', i, 0, -d)
     mvx('17', 'chin', 0, -0.03); mvx('17', 'chin_dots', 0, -0.02)
     # AU20 lip stretcher: corners pulled out, lips flattened
-    for i, dx, dy in ((48, -0.075, 0.015), (60, -0.07, 0.01), (49, -0.03, 0.01), (59, -0.03, -0.01), (50, 0, 0.01),
+    for i, dx, dy in ((48, -0.1, 0.035), (60, -0.095, 0.03), (49, -0.04, 0.015), (59, -0.03, -0.01), (50, 0, 0.01),
                       (58, 0, -0.015)): mv('20', i, dx, dy)
     mv('20', 57, 0, -0.01); mv('20', 51, 0, 0.005)
     # AU23 lip tightener: thinner lips, narrower mouth
-    for i, dx, dy in ((49, 0.015, 0.04), (50, 0, 0.045), (59, 0.015, -0.05), (58, 0, -0.06), (48, 0.045, 0), (60, 0.045, 0)):
+    for i, dx, dy in ((49, 0.02, 0.045), (50, 0, 0.06), (59, 0.02, -0.06), (58, 0, -0.075), (48, 0.05, 0), (60, 0.05, 0)):
         mv('23', i, dx, dy)
-    mv('23', 51, 0, 0.04); mv('23', 57, 0, -0.06)
+    mv('23', 51, 0, 0.055); mv('23', 57, 0, -0.08)
     # AU25 lips part; AU26 jaw drop (chin, lower lip and the lower face move down)
     for i, d in ((61, -0.03), (62, -0.03), (49, -0.012), (50, -0.015), (51, -0.015), (67, 0.065), (66, 0.065),
                  (59, 0.055), (58, 0.06), (57, 0.06)): mv('25', i, 0, d)
     mvx('25', 'chin', 0, 0.04)
-    for i, d in ((3, 0.025), (4, 0.06), (5, 0.11), (6, 0.16), (7, 0.19), (8, 0.2), (59, 0.16), (58, 0.175), (57, 0.18),
-                 (67, 0.17), (66, 0.17), (48, 0.03), (60, 0.03)): mv('26', i, 0, d)
-    for n in ('chin', 'chin_dots'): mvx('26', n, 0, 0.18)
+    for i, d in ((3, 0.035), (4, 0.085), (5, 0.16), (6, 0.23), (7, 0.275), (8, 0.29), (59, 0.23), (58, 0.255), (57, 0.26),
+                 (67, 0.25), (66, 0.25)): mv('26', i, 0, d)
+    for i, dx, dy in ((48, 0.035, 0.05), (60, 0.04, 0.05), (49, 0.015, 0.0), (61, 0.01, -0.005), (59, 0.02, 0.02)):
+        mv('26', i, dx, dy)
+    for n in ('chin', 'chin_dots'): mvx('26', n, 0, 0.26)
     for n in ('mar_r', 'mar_l'): D[_CH['26'], idx[n][1:], 1] += (0.06, 0.12)
     # the wrinkle list with integer strength weights per channel
     wrinkles = [(n, idx[n], {_CH[c]: w for c, w in ch.items()}, a) for n, ch, a in wr]
@@ -301,7 +311,8 @@ AU_REGIONS = {
     6:  [(_L_EYE, ((0, 0.45), (-0.2, 0.1), (0, -0.08)), 0.1), (_R_EYE, ((0, 0.45), (0.2, 0.1), (0, -0.08)), 0.1),
          ([31, 48], ((-0.15, 0),), 0.1), ([35, 54], ((0.15, 0),), 0.1)],
     7:  [(_L_EYE, ((0, 0.12),), 0.07), (_R_EYE, ((0, 0.12),), 0.07)],
-    9:  [([*range(27, 36), *range(48, 55), *range(60, 65)], ((0, -0.05),), 0.14)],
+    9:  [([*range(27, 36), *range(48, 55), *range(60, 65)], ((0, -0.05),), 0.14),
+         ([20, 21, 22, 23, 27], ((0, 0.1),), 0.08), ([39, 40, 41], (), 0.07), ([42, 46, 47], (), 0.07)],
     10: [([*range(31, 36), *range(48, 55), *range(60, 68)], ((-0.25, 0.1), (0.25, 0.1)), 0.12)],
     12: [([*range(31, 36), *_MOUTH], ((-0.3, 0.05), (0.3, 0.05)), 0.12)],
     'L12': [([33, 34, 35, 51, 52, 53, 54, 55, 56, 57, 62, 63, 64, 65, 66], ((0.3, 0.05),), 0.12)],
