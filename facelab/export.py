@@ -260,22 +260,29 @@ def onnx_session(path_or_bytes, threads:int|None=None,
     src = str(path_or_bytes) if isinstance(path_or_bytes, (str, Path)) else path_or_bytes
     return ort.InferenceSession(src, so, providers=['CPUExecutionProvider'])
 
-def parity_check(model:nn.Module, onnx_path, inputs:Sequence[torch.Tensor], output_names:Sequence[str],
-                 batch2:bool=False, # also run the first two inputs as one batch (checks a dynamic batch axis)
-                ) -> float:
-    "Max abs difference between PyTorch eager (fp32) and onnxruntime over `inputs`."
+def _parity_diffs(model, onnx_path, inputs, output_names, batch2) -> tuple[float, float]:
+    "(max abs difference, max difference scaled by max(1, the output's largest |PyTorch value|)) over `inputs`."
     sess, wrapper = onnx_session(onnx_path), OutputAdapter(model, output_names).eval()
     in_name = sess.get_inputs()[0].name
     runs = list(inputs) + ([torch.cat(list(inputs[:2]))] if batch2 and len(inputs) >= 2 else [])
-    worst = 0.0
+    worst = worst_scaled = 0.0
     with torch.no_grad():
         for x in runs:
             ref = [t.float().numpy() for t in wrapper(x)]
             got = sess.run(list(output_names), {in_name: x.numpy()})
             for name, r, g in zip(output_names, ref, got):
                 if r.shape != g.shape: raise AssertionError(f'parity: output {name!r} has shape {g.shape} in ONNX, {r.shape} in PyTorch')
-                worst = max(worst, float(np.abs(r - g).max()))
-    return worst
+                d = float(np.abs(r - g).max()) if r.size else 0.0
+                worst = max(worst, d)
+                worst_scaled = max(worst_scaled, d / max(1.0, float(np.abs(r).max()) if r.size else 1.0))
+    return worst, worst_scaled
+
+def parity_check(model:nn.Module, onnx_path, inputs:Sequence[torch.Tensor], output_names:Sequence[str],
+                 batch2:bool=False, # also run the first two inputs as one batch (checks a dynamic batch axis)
+                 scaled:bool=False, # divide each output's difference by max(1, its largest |value|)
+                ) -> float:
+    "Max abs difference between PyTorch eager (fp32) and onnxruntime over `inputs` (`scaled`: relative to the output's size)."
+    return _parity_diffs(model, onnx_path, inputs, output_names, batch2)[1 if scaled else 0]
 
 # %% ../nbs/40_export.ipynb #a44192c9
 def to_onnx(model:nn.Module, # model in fp32
@@ -293,7 +300,7 @@ def to_onnx(model:nn.Module, # model in fp32
             simplify:bool=True,
             parity_inputs:Sequence[torch.Tensor]|None=None, # default: `parity_set` (n random + n FaceSynth)
             n_parity:int=8, # random and FaceSynth inputs each: 16 in all
-            parity_tol:float=1e-5,
+            parity_tol:float=1e-5, # max ONNX/PyTorch difference, relative to max(1, |output|)
             extra_metadata:Mapping|None=None,
            ) -> ExportResult:
     "Export `model` for `task` under its ONNX contract; simplified, shape-inferred, checked, parity-tested, atomic."
@@ -334,9 +341,12 @@ def to_onnx(model:nn.Module, # model in fp32
     # parity runs on a temporary file: the destination only ever sees a model that passed every gate
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)/'candidate.onnx'; onnx.save(proto, tmp)
-        worst = parity_check(model, tmp, parity_inputs, out_names, batch2=dynamic_batch)
-    if not worst < parity_tol:
-        raise RuntimeError(f"{task}: ONNX parity failed, max abs diff {worst:.3g} >= {parity_tol:g}; {out} not written")
+        # fp32 rounding grows with the outputs' magnitude (large logits of a confident model; kernels differ between
+        # AMX and AVX-512 machines), so the gate compares the difference scaled by max(1, |output|)
+        worst, worst_scaled = _parity_diffs(model, tmp, parity_inputs, out_names, dynamic_batch)
+    if not worst_scaled < parity_tol:
+        raise RuntimeError(f"{task}: ONNX parity failed, max diff {worst:.3g} (scaled by max(1, |output|): {worst_scaled:.3g}) "
+                           f">= {parity_tol:g}; {out} not written")
     meta.update(parity_max_abs=worst, parity_inputs=len(parity_inputs), **{WEIGHTS_SHA256_KEY: onnx_weights_sha256(proto)})
     set_metadata(proto, meta)
     atomic_save(proto, out)
