@@ -374,7 +374,11 @@ def deploy_module(model:nn.Module, task:str) -> nn.Module:
     "The module that is exported for `task`: a spotting network gets its `SpottingExport` head, others stay as they are."
     if task == 'spotting' and getattr(model, 'onnx_contract', None) is None:
         from facelab.models.spotting import SpottingExport
-        return SpottingExport(model)
+        head = SpottingExport(model)
+        # the head keeps what a model file recorded (run id, fitted decoder, feature config) for the export's metadata
+        for k in ('facelab_meta', 'facelab_config'):
+            if hasattr(model, k): setattr(head, k, getattr(model, k))
+        return head
     return model
 
 def export_registered(name:str, # a key of `EXPORT_MODELS`

@@ -66,10 +66,7 @@ def load_for_task(path, task:str) -> nn.Module:
                          f"{sorted(MODEL_TASKS)}, no meta['task'])")
     if found != {task}:
         raise ValueError(f"{path}: checkpoint holds model {name!r} for task {'/'.join(sorted(found))!r}, not a {task!r} model")
-    wrapped = deploy_module(model, task)
-    if wrapped is not model:   # the spotting head wrapper keeps what the model file recorded (run id, fitted decoder, ...)
-        wrapped.facelab_meta, wrapped.facelab_config = getattr(model, 'facelab_meta', {}) or {}, model.facelab_config
-    return wrapped
+    return deploy_module(model, task)
 
 def deploy_shape(meta:Mapping, task:str) -> tuple|None:
     "The batch-1 input shape a model file's meta records: `input_shape`, or `input_size` for the image tasks."

@@ -97,13 +97,14 @@ def shading_gain(Xs:np.ndarray, # (K, 2) projected anchor points (see `shade_anc
     for ids, lev in meta['polys']: cv2.fillPoly(g, [F[ids]], lev, cv2.LINE_8, _SH)
     g = cv2.GaussianBlur(g, (0, 0), max(0.6, 0.07*s))
     m = np.zeros_like(g); cv2.fillPoly(m, [_fix(face - (x0, y0))], 255, cv2.LINE_AA, _SH)
+    mf = m.astype(np.float32)
     # inside the face: gain g/200; outside: 1
-    gf = (g.astype(np.float32) - _G8)*m.astype(np.float32)*np.float32(1/(_G8*255)) + np.float32(1)
+    gf = (g.astype(np.float32) - _G8)*mf*np.float32(1/(_G8*255)) + np.float32(1)
     sy = np.sin(np.radians(yaw))
     if abs(sy) > 1e-3:      # a ramp from the nose bridge to the far silhouette
         xm = Xs[27:31, 0].mean() - x0; hw = max(face[:, 0].max() - face[:, 0].min(), 1.0)/2
         r = np.clip((np.arange(x1 - x0, dtype=np.float32) - xm)*np.float32(np.sign(sy)/hw), 0, 1)
-        gf *= (1 - np.float32(0.45*abs(sy))*r)[None, :]*m.astype(np.float32)/255 + (255 - m.astype(np.float32))/255
+        gf *= (1 - np.float32(0.45*abs(sy))*r)[None, :]*mf/255 + (255 - mf)/255
     return (x0, y0, x1, y1), gf
 
 def apply_gain(img:np.ndarray, box:tuple, gain:np.ndarray) -> None:
