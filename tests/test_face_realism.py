@@ -38,16 +38,17 @@ def test_fer_reads_facesynth_happiness(fer):
     assert fer['recall']['happiness'] >= 0.9, fer['recall']
 
 
-@pytest.mark.xfail(strict=True, reason='measured 2026-12-05: FER2013 mini-Xception accuracy 0.56 on frontal full-intensity '
-                   'FaceSynth expressions (0.44 after issue 18 part 5, 0.29-0.30 before; chance 0.14); goal >= 0.6')
+# measured 2026-12-05 (AU combinations, AU5 sclera, AU1 triangular lid fold): 0.600 on this sample, 42 of 70, on the line
+# (the smallest logit margin of a prediction is 0.016, far above fp32 differences between machines); other seeds give
+# 0.571-0.629. It was 0.44 after issue 18 part 5 and 0.29-0.30 before (chance 0.14).
 def test_fer_overall_accuracy_goal(fer):
     assert fer['accuracy'] >= 0.6, fer['confusion']
 
 
 @pytest.mark.xfail(strict=True, reason='measured 2026-12-05: per-class recall neutral 0.8, happiness 0.9, sadness 0.5, '
-                   'surprise 0.4, fear 0.7, disgust 0.0, anger 0.6 (after issue 18 part 5: 0.9/0.9/0.2/0.3/0.2/0.0/0.6); only '
-                   'disgust is below 0.3: it reads as sadness or anger, and the model gives it < 0.03 probability for every '
-                   'FACS disgust form FaceSynth renders (9, 10, 9+10, with 15, 17, 25, 26, 4+7); goal: no class below 0.3')
+                   'surprise 0.5, fear 0.9, disgust 0.0, anger 0.6 (after issue 18 part 5: 0.9/0.9/0.2/0.3/0.2/0.0/0.6); only '
+                   'disgust is below 0.3: it reads as sadness or anger, and the model gives it < 0.06 probability for every '
+                   'FACS disgust form FaceSynth renders (9, 10, 9+10, with 15, 17, 25, 26 or 4); goal: no class below 0.3')
 def test_fer_no_class_below_goal(fer):
     assert min(fer['recall'].values()) >= 0.3, fer['recall']
 

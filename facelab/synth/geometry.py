@@ -187,11 +187,14 @@ def _build_geometry(idn:Identity) -> Geometry:
     # AU1 inner brow raiser; AU2 outer brow raiser; AU4 brow lowerer (down and together)
     for i, d in zip(range(17, 22), (0.0, 0.03, 0.07, 0.12, 0.16)): mv('1', i, 0, -d)
     for n in ('fh_c0', 'fh_c1'): mvx('1', n, 0, -0.07)
+    # (FACS) AU1 also pulls up the inner part of the upper lid and its fold: the eye cover fold turns triangular
+    mv('1', 38, 0, -0.02)
+    D[_CH['1'], idx['crease_r'][2:], 1] -= (0.03, 0.02); D[_CH['1'], idx['crease_l'][:2], 1] -= (0.02, 0.03)
     for i, d in zip(range(17, 22), (0.12, 0.12, 0.08, 0.04, 0.01)): mv('2', i, 0, -d)
     for n in ('fh_r0', 'fh_r1', 'fh_l0', 'fh_l1'): mvx('2', n, 0, -0.06)
     for i, (dx, dy) in zip(range(17, 22), ((0, 0.005), (0.01, 0.025), (0.025, 0.055), (0.045, 0.095), (0.065, 0.13))): mv('4', i, dx, dy)
     # AU5 upper lid raiser; AU6 cheek raiser (lower lid up, bulge, crow's feet); AU7 lid tightener
-    for i in (37, 38): mv('5', i, 0, -0.06)
+    for i in (37, 38): mv('5', i, 0, -0.085)
     for n, d in (('crease_r', (0.015, 0.03, 0.03, 0.015)), ('crease_l', (0.015, 0.03, 0.03, 0.015))): D[_CH['5'], idx[n], 1] -= d
     for i, d in ((40, 0.05), (41, 0.05), (36, 0.015)): mv('6', i, 0, -d)
     for n in ('bulge_r', 'bulge_l'): mvx('6', n, 0, -0.025)
@@ -259,7 +262,11 @@ def _build_geometry(idn:Identity) -> Geometry:
     # so the opening is a wide trapezoid (fear), not the jaw drop's oval
     D20_26 = pair(((48, -0.03, 0.11), (60, -0.03, 0.12), (59, 0, 0.04), (67, 0, 0.04), (49, 0, 0.01), (61, 0, -0.01)))
     D20_25 = pair(((48, 0, 0.03), (60, 0, 0.035), (59, 0, 0.02), (67, 0, 0.02)))
-    pairs = ((_CH['1'], _CH['4'], D14), (_CH['20'], _CH['26'], D20_26), (_CH['20'], _CH['25'], D20_25))
+    # AU1+2: the whole brow is raised and curved (surprise)
+    D12 = pair(((18, 0, -0.025), (19, 0, -0.04), (20, 0, -0.02)))
+    # AU2+4 (as in 1+2+4, fear): the raised brows are drawn together and flattened, not curved
+    pairs = ((_CH['1'], _CH['4'], D14), (_CH['1'], _CH['2'], D12), (_CH['2'], _CH['4'], -D12),
+             (_CH['20'], _CH['26'], D20_26), (_CH['20'], _CH['25'], D20_25))
     # the wrinkle list with integer strength weights per channel
     wrinkles = [(n, idx[n], {_CH[c]: w for c, w in ch.items()}, a) for n, ch, a in wr]
     body = np.array([(-0.42, 1.3), (-0.46, 2.35), (-1.9, 2.7), (-2.6, 4.5), (2.6, 4.5), (1.9, 2.7), (0.46, 2.35), (0.42, 1.3)])
