@@ -85,7 +85,9 @@ def test_outputs_breaking_the_contract_are_refused(tmp_path):
 from facelab.export_cli import INT8_TASKS, INT8_LEFT_OUT
 from facelab.export_quant import int8_experiment, INT8_TOLERANCE
 
-@pytest.mark.parametrize('task', ['micro', 'spotting'])
+# spotting's accuracy check is tests/test_spotting.py::test_int8_accuracy_check: there it reuses the flow features of the
+# FaceSynth videos that file's fixture renders (the same videos), which here were rendered a second time
+@pytest.mark.parametrize('task', ['micro'])
 def test_int8_video_task_accuracy_check(tmp_path, task):
     "The check behind INT8_TASKS: a tiny model that learned on FaceSynth, its int8 copy scored on the same held-out inputs."
     torch.set_num_threads(1)
