@@ -21,10 +21,9 @@ from .shading import silhouette, shade_anchor, shading_gain, apply_gain
 _all_ = ['AU_KEYS', 'au_region_mask', 'au_strength', 'facs_letter']
 
 # %% auto #0
-__all__ = ['PRESETS', 'SKIN_TONES', 'HAIR_COLOURS', 'IRIS_COLOURS', 'EXPRESSIONS', 'OPTIONAL_AUS', 'PROTOTYPE_VARIANTS',
-           'sample_pose', 'Identity', 'sample_identity', 'Appearance', 'sample_appearance', 'project_points',
-           'FaceRender', 'deform', 'render_face', 'encode_jpeg', 'expression_aus', 'AU_KEYS', 'au_region_mask',
-           'au_strength', 'facs_letter']
+__all__ = ['PRESETS', 'SKIN_TONES', 'HAIR_COLOURS', 'IRIS_COLOURS', 'EXPRESSIONS', 'OPTIONAL_AUS', 'sample_pose', 'Identity',
+           'sample_identity', 'Appearance', 'sample_appearance', 'project_points', 'FaceRender', 'deform',
+           'render_face', 'encode_jpeg', 'expression_aus', 'AU_KEYS', 'au_region_mask', 'au_strength', 'facs_letter']
 
 # %% ../../nbs/01_synth_face.ipynb #02ff1b5e
 PRESETS = {
@@ -77,7 +76,7 @@ def sample_identity(rng:np.random.Generator, # random generator; the identity is
     n = lambda mu, sd, lo=-np.inf, hi=np.inf: float(np.clip(mu + s*sd*rng.standard_normal(), lo, hi))
     tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.94, 1.06, 3)
     skin = tuple(int(v) for v in np.clip(tone, 30, 255))
-    lip = tuple(int(v) for v in np.clip(np.array(skin)*np.array([0.85, 0.62, 0.6])*rng.uniform(0.9, 1.1), 20, 255))
+    lip = tuple(int(v) for v in np.clip(np.array(skin)*np.array([0.76, 0.46, 0.46])*rng.uniform(0.9, 1.1), 20, 255))
     hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
     brow = tuple(int(v) for v in np.clip(np.minimum(hair*0.8, np.array(skin)*0.45), 10, 255))
     return Identity(
@@ -217,9 +216,6 @@ def _deform(identity:Identity, w:np.ndarray) -> np.ndarray:
     g = identity.geometry()
     P = g.P0.copy()
     for c in np.flatnonzero(w): P[:, :2] += w[c]*g.D[c]
-    for a, b, Dp in g.pairs:
-        k = min(w[a], w[b])
-        if k: P[:, :2] += k*Dp
     # lids and lips never cross: the upper lid stays above the lower lid, the inner lips do not overlap
     for up, lo in ((37, 41), (38, 40), (43, 47), (44, 46), (61, 67), (62, 66), (63, 65)):
         if P[up, 1] > P[lo, 1] - 1e-4:
@@ -372,18 +368,16 @@ def encode_jpeg(image:np.ndarray, # (H, W, 3) uint8 RGB or (H, W) grey
 EXPRESSIONS = {
     'neutral':   {},
     'happiness': {6: 3.0, 12: 4.5, 25: 2.0},
-    'sadness':   {1: 3.5, 4: 3.0, 15: 4.0, 17: 2.5, 43: 1.5},
+    'sadness':   {1: 3.5, 4: 3.0, 15: 4.0, 17: 2.5},
     'surprise':  {1: 4.0, 2: 4.0, 5: 2.0, 26: 4.0, 25: 3.0},
-    'fear':      {1: 3.5, 2: 3.0, 4: 3.0, 5: 4.0, 20: 4.0, 25: 2.5, 26: 3.0},
+    'fear':      {1: 3.5, 2: 3.0, 4: 3.0, 5: 4.0, 20: 4.0, 7: 2.0, 25: 2.5, 26: 2.0},
     'disgust':   {9: 4.0, 10: 3.5, 15: 2.0, 17: 2.5, 25: 2.0},
     'anger':     {4: 4.5, 5: 2.5, 7: 3.5, 23: 4.0, 17: 2.0},
     'contempt':  {'R12': 3.5, 'R14': 3.0},
 }
 #: AUs of a prototype that a sample may omit
-OPTIONAL_AUS = {'happiness': {25}, 'sadness': {17, 43}, 'surprise': {25}, 'fear': {25}, 'disgust': {15, 17, 25},
+OPTIONAL_AUS = {'happiness': {25}, 'sadness': {17}, 'surprise': {25}, 'fear': {7, 25, 26}, 'disgust': {15, 17, 25},
                 'anger': {17}, 'neutral': set(), 'contempt': set()}
-#: (EMFACS) other forms of a prototype, as (AUs added, AUs dropped, probability): anger with the mouth open (4+5+7+10+23+25+26)
-PROTOTYPE_VARIANTS = {'anger': ({10: 3.0, 25: 3.0, 26: 2.5}, {17}, 0.5)}
 
 def expression_aus(emotion:str, # a key of `EXPRESSIONS` (the 7 of `facelab.core.EMOTION7` or 'contempt')
                    intensity:float, # 0..1 fraction of the prototype's full strength
@@ -392,12 +386,8 @@ def expression_aus(emotion:str, # a key of `EXPRESSIONS` (the 7 of `facelab.core
     "A jittered AU dict (AU key -> FACS intensity 0..5) showing `emotion` at `intensity`."
     if emotion not in EXPRESSIONS: raise KeyError(f'unknown expression {emotion!r}; known: {list(EXPRESSIONS)}')
     if not 0 <= intensity <= 1: raise ValueError(f'expression intensity must be in 0..1, got {intensity}')
-    proto = EXPRESSIONS[emotion]
-    if emotion in PROTOTYPE_VARIANTS:
-        add, drop, p = PROTOTYPE_VARIANTS[emotion]
-        if rng.random() < p: proto = {**{k: v for k, v in proto.items() if k not in drop}, **add}
     out = {}
-    for au, v in proto.items():
+    for au, v in EXPRESSIONS[emotion].items():
         if au in OPTIONAL_AUS[emotion] and rng.random() < 0.4: continue
         out[au] = float(np.clip(v*intensity*rng.uniform(0.8, 1.2), 0, 5))
     if rng.random() < 0.3:          # a weak unrelated AU (talking, tension) as nuisance

@@ -78,7 +78,6 @@ class Geometry:
     curves:dict=None       # curve name -> slice of the dense points
     W:np.ndarray=None      # (n_wrinkles, C) wrinkle strength per channel strength
     age_w:np.ndarray=None  # (n_wrinkles,) wrinkle strength from age
-    pairs:tuple=()         # (channel a, channel b, (N, 2) displacement) added at min(strength a, strength b): AU combinations
 
 # %% ../../nbs/01_synth_geometry.ipynb #4db0f65f
 def _surface_z(x, fw):
@@ -187,14 +186,11 @@ def _build_geometry(idn:Identity) -> Geometry:
     # AU1 inner brow raiser; AU2 outer brow raiser; AU4 brow lowerer (down and together)
     for i, d in zip(range(17, 22), (0.0, 0.03, 0.07, 0.12, 0.16)): mv('1', i, 0, -d)
     for n in ('fh_c0', 'fh_c1'): mvx('1', n, 0, -0.07)
-    # (FACS) AU1 also pulls up the inner part of the upper lid and its fold: the eye cover fold turns triangular
-    mv('1', 38, 0, -0.02)
-    D[_CH['1'], idx['crease_r'][2:], 1] -= (0.03, 0.02); D[_CH['1'], idx['crease_l'][:2], 1] -= (0.02, 0.03)
     for i, d in zip(range(17, 22), (0.12, 0.12, 0.08, 0.04, 0.01)): mv('2', i, 0, -d)
     for n in ('fh_r0', 'fh_r1', 'fh_l0', 'fh_l1'): mvx('2', n, 0, -0.06)
     for i, (dx, dy) in zip(range(17, 22), ((0, 0.005), (0.01, 0.025), (0.025, 0.055), (0.045, 0.095), (0.065, 0.13))): mv('4', i, dx, dy)
     # AU5 upper lid raiser; AU6 cheek raiser (lower lid up, bulge, crow's feet); AU7 lid tightener
-    for i in (37, 38): mv('5', i, 0, -0.085)
+    for i in (37, 38): mv('5', i, 0, -0.06)
     for n, d in (('crease_r', (0.015, 0.03, 0.03, 0.015)), ('crease_l', (0.015, 0.03, 0.03, 0.015))): D[_CH['5'], idx[n], 1] -= d
     for i, d in ((40, 0.05), (41, 0.05), (36, 0.015)): mv('6', i, 0, -d)
     for n in ('bulge_r', 'bulge_l'): mvx('6', n, 0, -0.025)
@@ -244,29 +240,10 @@ def _build_geometry(idn:Identity) -> Geometry:
     mvx('25', 'chin', 0, 0.04)
     for i, d in ((3, 0.035), (4, 0.085), (5, 0.16), (6, 0.23), (7, 0.275), (8, 0.29), (59, 0.23), (58, 0.255), (57, 0.26),
                  (67, 0.25), (66, 0.25)): mv('26', i, 0, d)
-    # the mouth corners follow the jaw part of the way and come in: the opening is an oval
-    for i, dx, dy in ((48, 0.045, 0.1), (60, 0.05, 0.1), (49, 0.015, 0.02), (61, 0.01, 0.0), (59, 0.02, 0.02)):
+    for i, dx, dy in ((48, 0.035, 0.05), (60, 0.04, 0.05), (49, 0.015, 0.0), (61, 0.01, -0.005), (59, 0.02, 0.02)):
         mv('26', i, dx, dy)
     for n in ('chin', 'chin_dots'): mvx('26', n, 0, 0.26)
     for n in ('mar_r', 'mar_l'): D[_CH['26'], idx[n][1:], 1] += (0.06, 0.12)
-    # AU combinations (FACS): a displacement added at the weaker of the two strengths
-    def pair(moves):
-        Dp = np.zeros((N, 2))
-        for i, dx, dy in moves:
-            Dp[i] += (dx, dy)
-            if _MIRROR[i] != i: Dp[_MIRROR[i]] += (-dx, dy)
-        return Dp
-    # AU1+4: the inner brows are raised and drawn together (oblique brows), AU4 no longer pulls them down
-    D14 = pair(((18, 0, -0.02), (19, 0, -0.055), (20, 0, -0.1), (21, 0, -0.14)))
-    # AU20 with the lips parted (AU25) or the jaw dropped (AU26): the stretched lips take the corners down with the jaw,
-    # so the opening is a wide trapezoid (fear), not the jaw drop's oval
-    D20_26 = pair(((48, -0.03, 0.11), (60, -0.03, 0.12), (59, 0, 0.04), (67, 0, 0.04), (49, 0, 0.01), (61, 0, -0.01)))
-    D20_25 = pair(((48, 0, 0.03), (60, 0, 0.035), (59, 0, 0.02), (67, 0, 0.02)))
-    # AU1+2: the whole brow is raised and curved (surprise)
-    D12 = pair(((18, 0, -0.025), (19, 0, -0.04), (20, 0, -0.02)))
-    # AU2+4 (as in 1+2+4, fear): the raised brows are drawn together and flattened, not curved
-    pairs = ((_CH['1'], _CH['4'], D14), (_CH['1'], _CH['2'], D12), (_CH['2'], _CH['4'], -D12),
-             (_CH['20'], _CH['26'], D20_26), (_CH['20'], _CH['25'], D20_25))
     # the wrinkle list with integer strength weights per channel
     wrinkles = [(n, idx[n], {_CH[c]: w for c, w in ch.items()}, a) for n, ch, a in wr]
     body = np.array([(-0.42, 1.3), (-0.46, 2.35), (-1.9, 2.7), (-2.6, 4.5), (2.6, 4.5), (1.9, 2.7), (0.46, 2.35), (0.42, 1.3)])
@@ -295,7 +272,7 @@ def _build_geometry(idn:Identity) -> Geometry:
     S = np.concatenate(blocks)        # at most 4 non-zeros per row (Catmull-Rom): store it sparse, no BLAS call
     order = np.argsort(-np.abs(S), 1, kind='stable')[:, :4]
     Sw = np.take_along_axis(S, order, 1)
-    return Geometry(P0, D, idx, wrinkles, body, (order, Sw[..., None]), curves, W, age_w, pairs)
+    return Geometry(P0, D, idx, wrinkles, body, (order, Sw[..., None]), curves, W, age_w)
 
 # %% ../../nbs/01_synth_geometry.ipynb #1fd25659
 @lru_cache(maxsize=None)

@@ -33,8 +33,8 @@ def silhouette(P:np.ndarray, # (N, 3) canonical points, changed in place
     return P
 
 # %% ../../nbs/01_synth_shading.ipynb #22b0f5cc
-_LEVELS = {'side': 0.5, 'in': 1.0, 'lower': 0.95, 'socket': 0.75, 'inner_corner': 0.72, 'nose_side': 0.88, 'ridge': 1.14,
-           'under_nose': 0.6, 'under_lip': 0.78, 'forehead': 1.12, 'cheek': 1.09, 'chin': 1.06}
+_LEVELS = {'side': 0.78, 'in': 1.0, 'lower': 0.95, 'socket': 0.8, 'inner_corner': 0.72, 'nose_side': 0.88, 'ridge': 1.14,
+           'under_nose': 0.74, 'under_lip': 0.78, 'forehead': 1.12, 'cheek': 1.09, 'chin': 1.06}
 _G8 = 200.0    # gain 1.0 in the 8-bit map
 _SPEC = 150.0  # grey levels of specular sheen per unit of gain above 1
 
