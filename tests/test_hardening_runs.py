@@ -337,3 +337,19 @@ def test_cache_paths_never_come_from_config_values(tmp_path, monkeypatch):
     assert calls and w.resolve().is_relative_to(cache.resolve()) and w.parent.parent == cache
     assert '..' not in w.parent.name and 'victim' not in w.parent.name and 'escape' not in w.parent.name
     assert [p.name for p in tmp_path.iterdir()] == ['cache']
+
+
+def test_facesynth_caches_follow_the_renderer(tmp_path, monkeypatch):
+    "Stage-1 weights and scene datasets are learnt from / made of FaceSynth renders: a renderer change must not reuse them."
+    import facelab.models.videomae as vm, facelab.train.run as tr
+    from facelab.runs import facesynth_backbone
+    calls = []
+    def fake_pretrain(**kw):   # stands in for the (slow) stage-1 training: only the cache key is under test here
+        calls.append(kw); return {'w': torch.zeros(1)}, {'clips': 0}
+    monkeypatch.setattr(vm, 'facesynth_pretrain', fake_pretrain)
+    w1, _ = facesynth_backbone(tmp_path, seed=3)
+    w1b, info = facesynth_backbone(tmp_path, seed=3)
+    assert w1b == w1 and len(calls) == 1 and info['facesynth'] == tr.facesynth_version()   # same renderer: the cache
+    monkeypatch.setattr(tr, 'facesynth_version', lambda: '0.0.0+another-renderer')
+    w2, info2 = facesynth_backbone(tmp_path, seed=3)
+    assert w2 != w1 and len(calls) == 2 and info2['facesynth'] == '0.0.0+another-renderer'    # trained again

@@ -330,7 +330,8 @@ def scene_dataset(cache:str|Path|None=None, # default: artifacts_root()/cache/sc
     import facelab
     from facelab.core import artifacts_root
     cache = Path(cache) if cache else artifacts_root()/'cache'/'scenes'; cache.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha1(json.dumps({**kw, 'v': facelab.__version__}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from facelab.train.run import facesynth_version     # a renderer change writes the scenes again
+    key = hashlib.sha1(json.dumps({**kw, 'v': facesynth_version()}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cache/key
     if (root/'.complete').exists(): return root
     with open(cache/f'.{key}.lock', 'w') as lk:
