@@ -266,7 +266,8 @@ def facesynth_backbone(cache=None, # folder of stage-1 checkpoints (None: artifa
     cache = Path(cache) if cache else artifacts_root()/'cache'/'pretrain'
     args = json.loads(json.dumps(to_jsonable(dict(kw)), sort_keys=True))    # tuples -> lists: one key per set of values
     # stage 1 learns from FaceSynth renders: a renderer change must train it again, as it rewrites the FaceSynth datasets
-    key = hashlib.sha1(json.dumps({'fn': 'facesynth_pretrain', 'args': args, 'facesynth': facesynth_version()},
+    renderer = facesynth_version()
+    key = hashlib.sha1(json.dumps({'fn': 'facesynth_pretrain', 'args': args, 'facesynth': renderer},
                                   sort_keys=True).encode()).hexdigest()[:10]
     d = cache/f"stage1-{key}"    # a hash only: no config value becomes part of a path
     def read(): return d/'weights.pt', json.loads((d/'info.json').read_text())
@@ -279,7 +280,7 @@ def facesynth_backbone(cache=None, # folder of stage-1 checkpoints (None: artifa
         finally: torch.set_num_threads(n)
         d.mkdir(parents=True, exist_ok=True)
         torch.save(sd, d/'weights.pt.tmp'); os.replace(d/'weights.pt.tmp', d/'weights.pt')
-        info = {**info, 'args': args, 'key': key, 'facelab': facelab.__version__, 'facesynth': facesynth_version(), 'seconds': round(time.time() - t0, 1)}
+        info = {**info, 'args': args, 'key': key, 'facelab': facelab.__version__, 'facesynth': renderer, 'seconds': round(time.time() - t0, 1)}
         (d/'info.json').write_text(json.dumps(to_jsonable(info), indent=1))   # written last: marks a complete entry
     return read()
 

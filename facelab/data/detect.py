@@ -327,10 +327,10 @@ def scene_dataset(cache:str|Path|None=None, # default: artifacts_root()/cache/sc
                  ) -> Path:
     "A FaceSynth scene dataset (CSV layout) written once per arguments and reused; returns its folder."
     import shutil, tempfile, fcntl
-    import facelab
     from facelab.core import artifacts_root
+    from facelab.train.run import facesynth_version
     cache = Path(cache) if cache else artifacts_root()/'cache'/'scenes'; cache.mkdir(parents=True, exist_ok=True)
-    from facelab.train.run import facesynth_version     # a renderer change writes the scenes again
+    # the scenes are FaceSynth renders: a renderer change writes them again
     key = hashlib.sha1(json.dumps({**kw, 'v': facesynth_version()}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cache/key
     if (root/'.complete').exists(): return root

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/27_train_run.ipynb #6c217f39
 from __future__ import annotations
-import json, os, shutil, tempfile, time
+import functools, json, os, shutil, tempfile, time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -26,6 +26,7 @@ def _lock(path:Path):
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
 
+@functools.cache   # the source read is the source that was imported: read it once per process
 def facesynth_version() -> str:
     "facelab's version plus a hash of FaceSynth's source (renderer and writers): a renderer change invalidates every FaceSynth cache."
     import hashlib, facelab.synth
