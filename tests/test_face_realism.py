@@ -54,3 +54,11 @@ def test_fer_no_class_below_goal(fer):
 def test_fer_confusion_is_complete(fer):
     cm = fer['confusion']
     assert list(cm.index) == list(EMOTION7) and int(cm.to_numpy().sum()) == fer['n'] == 70
+
+
+def test_fer_faces_table_matches_confusion(fer):
+    import pandas as pd
+    f = fer['faces']
+    assert len(f) == fer['n'] and f.glasses.dtype == bool and f.p_true.between(0, 1).all()
+    counts = pd.crosstab(f.emotion, f.predicted).reindex(index=list(EMOTION7), columns=list(EMOTION7), fill_value=0)
+    assert (counts.to_numpy() == fer['confusion'].to_numpy()).all()

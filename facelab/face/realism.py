@@ -45,22 +45,27 @@ def detection_rates(n:int=20, # renders per condition
 
 def fer_on_facesynth(per_class:int=10, # identities per emotion
                      size:int=160, seed:int=0) -> dict:
-    "The FER2013 model on frontal, full-intensity, studio FaceSynth expressions: accuracy, per-class recall, confusion."
+    """The FER2013 model on frontal, full-intensity, studio FaceSynth expressions: accuracy, per-class recall, confusion,
+    and `faces`, one row per render (true and predicted class, the true class's probability, whether the person wears
+    glasses), for breakdowns such as recall with and without glasses."""
     import torch
     from facelab.face.align import align_face
     from facelab.models.fer import fer2013_minixception
     from facelab.synth.face import render_face, sample_identity, expression_aus
     m = fer2013_minixception(pretrained=True)
     rng = np.random.default_rng(seed)
-    X, y = [], []
+    X, y, glasses = [], [], []
     for c, emo in enumerate(EMOTION7):
         for i in range(per_class):
-            r = render_face(sample_identity(rng), expression_aus(emo, 1.0, rng), size=size, seed=i)
-            X.append(align_face(r.image, r.landmarks, 'fer2013')); y.append(c)
+            idn = sample_identity(rng)
+            r = render_face(idn, expression_aus(emo, 1.0, rng), size=size, seed=i)
+            X.append(align_face(r.image, r.landmarks, 'fer2013')); y.append(c); glasses.append(idn.glasses)
     x = torch.from_numpy((np.stack(X).astype(np.float32) / 255 - 0.5) * 2)[:, None]
-    with torch.no_grad(): pred = m(x).argmax(1).numpy()
-    y = np.asarray(y)
+    with torch.no_grad(): prob = torch.softmax(m(x), 1).numpy()
+    y, pred = np.asarray(y), prob.argmax(1)
     cm = pd.DataFrame(np.zeros((7, 7), int), index=list(EMOTION7), columns=list(EMOTION7))
     for t, p in zip(y, pred): cm.iloc[t, p] += 1
     recall = {e: float(cm.loc[e, e] / cm.loc[e].sum()) for e in EMOTION7}
-    return {'accuracy': float((pred == y).mean()), 'recall': recall, 'confusion': cm, 'n': len(y)}
+    faces = pd.DataFrame({'emotion': [EMOTION7[t] for t in y], 'predicted': [EMOTION7[q] for q in pred],
+                          'p_true': prob[np.arange(len(y)), y], 'glasses': glasses})
+    return {'accuracy': float((pred == y).mean()), 'recall': recall, 'confusion': cm, 'n': len(y), 'faces': faces}
