@@ -48,6 +48,7 @@ def fer_on_facesynth(per_class:int=10, # identities per emotion
     """The FER2013 model on frontal, full-intensity, studio FaceSynth expressions: accuracy, per-class recall, confusion,
     and `faces`, one row per render (true and predicted class, the true class's probability, whether the person wears
     glasses), for breakdowns such as recall with and without glasses."""
+    if per_class < 1: raise ValueError(f'fer_on_facesynth: per_class must be >= 1, got {per_class}')
     import torch
     from facelab.face.align import align_face
     from facelab.models.fer import fer2013_minixception
